@@ -1,0 +1,9 @@
+"""The op vocabulary: custom ops in namespace ``lcc`` that passes and backends speak."""
+
+from lcc.ops import masks, registry  # noqa: F401
+from lcc.ops.attention import attention, attention_chunked, attention_reference  # noqa: F401
+from lcc.ops.rope import rope, rope_reference  # noqa: F401
+
+ATTENTION = "attention"
+ROPE = "rope"
+from lcc.ops import sparse_masks  # noqa: F401,E402  (registers block-sparse mask kinds)

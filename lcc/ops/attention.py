@@ -1,0 +1,152 @@
+"""``lcc.attention``: scaled dot-product attention with a mask predicate, GQA native.
+
+Shapes: q [B, Hq, Sq, D], k [B, Hkv, Sk, D], v [B, Hkv, Sk, Dv] with Hq % Hkv == 0;
+query head h reads key/value head h // (Hq // Hkv) (HF ``repeat_kv`` order).
+Queries are aligned to the end of the valid keys: with ``kv_len`` keys valid
+(None means all Sk), query i sits at absolute position kv_len - Sq + i and key j at
+position j; keys at j >= kv_len are never read.  Prefill (Sq = Sk), decode (Sq = 1
+against a cache) and chunked prefill are all this one op.  ``mask`` is a spec
+string (:mod:`lcc.ops.masks`); ``algo`` picks an implementation, never the result.
+"""
+
+from __future__ import annotations
+
+import math
+
+import sympy
+import torch
+
+from lcc.ops import registry
+from lcc.ops.masks import MaskSpec
+
+# Query rows per chunk are chosen so one chunk's score matrix stays under this many bytes.
+_CHUNK_BYTES = 256 * 1024 * 1024
+
+
+def _positions(kv_len, B, Sq, Sk, device):
+    """Absolute query positions [B, Sq] and the number of valid keys [B, 1]."""
+    if kv_len is None:
+        n = torch.full((B, 1), Sk, device=device, dtype=torch.long)
+    else:
+        n = kv_len.to(device=device, dtype=torch.long).reshape(-1, 1).expand(B, 1)
+    q_pos = n - Sq + torch.arange(Sq, device=device)[None, :]
+    return q_pos, n
+
+
+def _attend_rows(q, k, v, q_pos, n_valid, scale, mask_mod):
+    """Plain softmax(q k^T * scale + mask) v for a block of query rows, in fp32."""
+    B, Hq, Sq, D = q.shape
+    Hkv, Sk = k.shape[1], k.shape[2]
+    G = Hq // Hkv
+    qg = q.float().reshape(B, Hkv, G, Sq, D)
+    scores = torch.matmul(qg, k.float()[:, :, None].transpose(-1, -2)) * scale  # [B,Hkv,G,Sq,Sk]
+    kv_idx = torch.arange(Sk, device=q.device)
+    allowed = mask_mod(q_pos[:, :, None], kv_idx[None, None, :]) & (kv_idx[None, None, :] < n_valid[:, :, None])
+    allowed = allowed[:, None, None]  # [B,1,1,Sq,Sk]
+    scores = scores.masked_fill(~allowed, float("-inf"))
+    probs = torch.softmax(scores, dim=-1)
+    probs = torch.where(allowed.any(-1, keepdim=True), probs, torch.zeros_like(probs))
+    out = torch.matmul(probs, v.float()[:, :, None])  # [B,Hkv,G,Sq,Dv]
+    return out.reshape(B, Hq, Sq, v.shape[-1])
+
+
+def attention_reference(q, k, v, kv_len=None, scale=None, mask="causal"):
+    """The oracle: the whole score matrix at once, computed in fp32, cast to q's dtype."""
+    B, Hq, Sq, D = q.shape
+    scale = D**-0.5 if scale is None else scale
+    q_pos, n = _positions(kv_len, B, Sq, k.shape[2], q.device)
+    out = _attend_rows(q, k, v, q_pos, n, scale, MaskSpec.parse(mask).mask_mod())
+    return out.to(q.dtype)
+
+
+def attention_chunked(q, k, v, kv_len=None, scale=None, mask="causal", chunk=0):
+    """Lazy softmax over query chunks (Rabe & Staats 2021): memory O(chunk * Sk), same math per row."""
+    B, Hq, Sq, D = q.shape
+    Sk = k.shape[2]
+    scale = D**-0.5 if scale is None else scale
+    if chunk <= 0:
+        chunk = max(1, _CHUNK_BYTES // max(1, 4 * B * Hq * Sk))
+    q_pos, n = _positions(kv_len, B, Sq, Sk, q.device)
+    mask_mod = MaskSpec.parse(mask).mask_mod()
+    out = q.new_empty(B, Hq, Sq, v.shape[-1])
+    for s in range(0, Sq, chunk):
+        e = min(Sq, s + chunk)
+        out[:, :, s:e] = _attend_rows(q[:, :, s:e], k, v, q_pos[:, s:e], n, scale, mask_mod).to(q.dtype)
+    return out
+
+
+# Implementations that ``algo`` can name on a device; backends add theirs (e.g. Triton on cuda).
+IMPLEMENTATIONS: dict[tuple[str, str], callable] = {}
+
+
+def _parse_algo(algo: str) -> tuple[str, dict[str, int]]:
+    name, _, rest = algo.partition(":")
+    args = {}
+    for item in filter(None, rest.split(",")):
+        key, _, val = item.partition("=")
+        args[key] = int(val)
+    return name, args
+
+
+@torch.library.custom_op("lcc::attention", mutates_args=())
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    kv_len: torch.Tensor | None,
+    scale: float,
+    mask: str = "causal",
+    algo: str = "auto",
+) -> torch.Tensor:
+    name, args = _parse_algo(algo)
+    impl = IMPLEMENTATIONS.get((name, q.device.type))
+    if impl is not None:
+        return impl(q, k, v, kv_len, scale, mask, **args)
+    if name == "reference":
+        return attention_reference(q, k, v, kv_len, scale, mask)
+    return attention_chunked(q, k, v, kv_len, scale, mask, chunk=args.get("chunk", 0))
+
+
+@attention.register_fake
+def _(q, k, v, kv_len, scale, mask="causal", algo="auto"):
+    torch._check(q.shape[1] % k.shape[1] == 0)
+    return q.new_empty(q.shape[0], q.shape[1], q.shape[2], v.shape[3])
+
+
+def attention_cost(B, Hq, Hkv, Sq, Sk, D, Dv, mask: str, itemsize: int = 4):
+    """FLOPs, bytes moved and bytes held (working set) as sympy expressions.
+
+    FLOPs count 2*D for q.k and 2*Dv for p.v per kept (query, key) pair; bytes moved
+    are q, k, v read and the output written once (an IO-aware kernel's traffic).
+    """
+    pairs = mask_pairs(mask, Sq, Sk)
+    flops = pairs * B * Hq * (2 * D + 2 * Dv)
+    moved = itemsize * B * (Hq * Sq * D + Hkv * Sk * (D + Dv) + Hq * Sq * Dv)
+    held = itemsize * B * Hq * Sq * Dv
+    return flops, moved, held
+
+
+def mask_pairs(mask: str, Sq, Sk):
+    """Number of (query, key) pairs a mask keeps, queries aligned to the end of the keys (sympy)."""
+    spec = MaskSpec.parse(mask)
+    Sq, Sk = sympy.sympify(Sq), sympy.sympify(Sk)
+    causal = Sq * Sk - Sq * (Sq - 1) / 2
+    if spec.kind == "full":
+        return Sq * Sk
+    if spec.kind == "sliding":
+        w, s = spec.args["window"], spec.args["sinks"]
+        # each query keeps at most w local keys plus s sinks; never more than causal
+        return sympy.Min(causal, Sq * (w + s))
+    pairs_fn = getattr(registry, "_mask_pairs", {}).get(spec.kind)
+    return pairs_fn(spec, Sq, Sk) if pairs_fn else causal
+
+
+registry.declare(registry.OpDef(
+    name="attention",
+    op=torch.ops.lcc.attention.default,
+    reference=attention_reference,
+    cost=attention_cost,
+    doc="softmax(q k^T * scale, mask) v; GQA native; queries aligned to the end of the keys",
+))
+
+__all__ = ["attention", "attention_reference", "attention_chunked", "attention_cost", "mask_pairs", "math"]

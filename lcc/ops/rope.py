@@ -1,0 +1,82 @@
+"""``lcc.rope``: rotary position embedding (Su et al. 2021, RoFormer eq. 34), rotate-half layout.
+
+x [B, H, S, D] is rotated on its first R = 2 * len(inv_freq) channels (partial
+rotary leaves the rest untouched) by angles positions[b, s] * inv_freq; cos and sin
+are multiplied by ``attention_scaling`` (YaRN / LongRoPE's temperature; 1 otherwise).
+Scaling methods change ``inv_freq`` and ``attention_scaling``; ``variant`` names a
+length-dependent rule (e.g. dynamic NTK) that the RoPE passes register.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from lcc.ops import registry
+
+# variant name -> fn(inv_freq, positions, **params) -> (inv_freq, attention_scaling multiplier)
+VARIANTS: dict[str, Callable] = {}
+
+
+def _rotate_half(x):
+    x1 = x[..., : x.shape[-1] // 2]
+    x2 = x[..., x.shape[-1] // 2 :]
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def _variant_inv_freq(inv_freq, positions, variant):
+    if not variant:
+        return inv_freq, 1.0
+    name, _, rest = variant.partition(":")
+    params = {}
+    for item in filter(None, rest.split(",")):
+        key, _, val = item.partition("=")
+        params[key] = float(val)
+    return VARIANTS[name](inv_freq, positions, **params)
+
+
+def rope_reference(x, positions, inv_freq, attention_scaling=1.0, variant=""):
+    """Same arithmetic, in the same order, as transformers' rotary embedding + apply_rotary_pos_emb."""
+    inv_freq, extra = _variant_inv_freq(inv_freq, positions, variant)
+    freqs = positions[..., None].float() * inv_freq.to(device=x.device, dtype=torch.float)
+    emb = torch.cat((freqs, freqs), dim=-1)
+    cos = (emb.cos() * (attention_scaling * extra)).to(x.dtype).unsqueeze(1)
+    sin = (emb.sin() * (attention_scaling * extra)).to(x.dtype).unsqueeze(1)
+    r = emb.shape[-1]
+    if r == x.shape[-1]:
+        return (x * cos) + (_rotate_half(x) * sin)
+    x_rot, x_pass = x[..., :r], x[..., r:]
+    return torch.cat([(x_rot * cos) + (_rotate_half(x_rot) * sin), x_pass], dim=-1)
+
+
+@torch.library.custom_op("lcc::rope", mutates_args=())
+def rope(
+    x: torch.Tensor,
+    positions: torch.Tensor,
+    inv_freq: torch.Tensor,
+    attention_scaling: float = 1.0,
+    variant: str = "",
+) -> torch.Tensor:
+    return rope_reference(x, positions, inv_freq, attention_scaling, variant)
+
+
+@rope.register_fake
+def _(x, positions, inv_freq, attention_scaling=1.0, variant=""):
+    return torch.empty_like(x)
+
+
+def rope_cost(B, H, S, D, R, itemsize: int = 4):
+    """FLOPs (cos/sin plus 3 per rotated channel) and bytes (x read and written)."""
+    flops = B * S * R + 3 * B * H * S * R
+    moved = 2 * itemsize * B * H * S * D
+    return flops, moved, 0
+
+
+registry.declare(registry.OpDef(
+    name="rope",
+    op=torch.ops.lcc.rope.default,
+    reference=rope_reference,
+    cost=rope_cost,
+    doc="rotary embedding, rotate-half layout, partial rotary, attention scaling",
+))

@@ -1,0 +1,1 @@
+"""Block-sparse attention patterns as mask predicates (filled in by the attention-rewrites work)."""

@@ -1,0 +1,7 @@
+"""Passes: the registry, the manager, canonicalization and the rewrites."""
+
+from lcc.passes.base import (  # noqa: F401
+    REGISTRY, Param, PassDef, PassResult, PassSpec, apply_passes, parse_pass, register, run_pass,
+)
+from lcc.passes.canonicalize import canonicalize  # noqa: F401
+from lcc.passes import attention  # noqa: F401,E402  (registers attention rewrites)
