@@ -56,8 +56,8 @@ def sliding_window(program: Program, window: int = 4096, sinks: int = 4, layers:
 
     def new_mask(old: str) -> str:
         spec = MaskSpec.parse(old)
-        if spec.kind == "sliding" and spec.args["window"] <= window and sinks == 0:
-            return old  # the model's own window is already narrower
+        if spec.kind == "sliding" and spec.args["window"] <= window:
+            return old  # a pass never widens what a layer sees: its window is already narrower
         return f"sliding:window={window},sinks={sinks}"
 
     return _rewrite_attention(program, layers, mask=new_mask)

@@ -7,6 +7,8 @@ import re
 import torch
 import torch.fx
 
+import lcc.ops  # noqa: F401  (registers torch.ops.lcc.*)
+
 ATTENTION = torch.ops.lcc.attention.default
 ROPE = torch.ops.lcc.rope.default
 

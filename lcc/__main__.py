@@ -1,0 +1,3 @@
+from lcc.cli import entry
+
+entry()

@@ -1,0 +1,206 @@
+"""The ``lcc`` command line (typer).  Bad input: one line on stderr, exit code 2; ``--debug`` shows tracebacks."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from lcc.errors import UsageError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="lcc: compile Hugging Face causal LMs for long contexts.")
+out = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True)
+
+PassOpt = typer.Option(None, "--pass", "-p", help="NAME[:KEY=VALUE,...], repeatable, applied in order")
+
+
+def _passes(values: Optional[list[str]]):
+    from lcc.passes import parse_pass
+
+    return [parse_pass(v) for v in values or []]
+
+
+def _status(text: str):
+    return err.status(text, spinner="dots")
+
+
+def _load(model: str):
+    from lcc.models import load_model
+
+    with _status(f"loading {model}"):
+        return load_model(model)
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+@app.command()
+def inspect(model: str = typer.Argument("smollm2-135m", help="preset, HF directory or .gguf file"),
+            as_json: bool = typer.Option(False, "--json", help="print JSON")):
+    """The model's spec, with KV-cache bytes per token and at the trained length."""
+    loaded = _load(model)
+    d = loaded.spec.to_dict()
+    d["weights_hash"] = loaded.weights_hash
+    if as_json:
+        print(json.dumps(d, indent=2))
+        return
+    table = Table(title=f"{loaded.spec.model_id}", show_header=False)
+    for key, value in d.items():
+        if key == "attention":
+            kinds = sorted(set(value))
+            value = ", ".join(f"{k} x{value.count(k)}" for k in kinds)
+        elif key.startswith("kv_bytes"):
+            value = f"{value:,} ({_human_bytes(value)})"
+        elif key == "params":
+            value = f"{value:,}"
+        table.add_row(key, str(value))
+    out.print(table)
+
+
+@app.command("passes")
+def list_passes(as_json: bool = typer.Option(False, "--json", help="print JSON")):
+    """The registered passes: name, parameters with defaults, exact or approximate."""
+    from lcc.passes import REGISTRY
+
+    rows = [{"name": d.name, "exact": d.exact, "params": {p.name: p.default for p in d.params}, "doc": d.doc}
+            for d in sorted(REGISTRY.values(), key=lambda d: d.name)]
+    if as_json:
+        print(json.dumps(rows, indent=2, default=str))
+        return
+    table = Table(title="passes")
+    for col in ("name", "kind", "parameters", "what it does"):
+        table.add_column(col)
+    for r in rows:
+        params = ", ".join(f"{k}={v}" for k, v in r["params"].items())
+        table.add_row(r["name"], "exact" if r["exact"] else "approximate", params, r["doc"])
+    out.print(table)
+
+
+@app.command()
+def run(model: str = typer.Argument(..., help="preset, HF directory or .gguf file"),
+        prompt: str = typer.Option(..., "--prompt", help="text to continue"),
+        max_new_tokens: int = typer.Option(32, "--max-new-tokens", min=1, help="tokens to generate"),
+        passes: Optional[list[str]] = PassOpt):
+    """Greedy generation through the captured program's prefill + decode."""
+    from lcc.capture.export import capture
+    from lcc.passes import apply_passes, canonicalize
+    from lcc.runtime import eos_ids, generate_ids
+
+    specs = _passes(passes)
+    loaded = _load(model)
+    if loaded.tokenizer is None:
+        raise UsageError(f"{model} has no tokenizer files: lcc run needs tokenizer.json beside the weights")
+    ids = loaded.tokenizer(prompt, return_tensors="pt")["input_ids"]
+    if ids.shape[1] < 2:
+        raise UsageError("the prompt must be at least 2 tokens long")
+    capacity = -(-(ids.shape[1] + max_new_tokens) // 64) * 64
+    with _status("capturing"):
+        program = canonicalize(capture(loaded, capacity))
+        program = apply_passes(program, specs)
+    with _status("generating"):
+        new = generate_ids(program, ids, max_new_tokens, stop=eos_ids(loaded.model))
+    print(loaded.tokenizer.decode(new, skip_special_tokens=True))
+
+
+@app.command()
+def diff(model: str = typer.Argument("smollm2-135m", help="preset, HF directory or .gguf file"),
+         passes: Optional[list[str]] = PassOpt,
+         length: str = typer.Option("128", "--len", help="tokens of input, e.g. 512 or 4k"),
+         as_json: bool = typer.Option(False, "--json", help="print one JSON object")):
+    """Errors of every stage (captured, canonical, each pass) against HF eager; exit 1 if an exact stage fails."""
+    from lcc.diff import diff as run_diff
+    from lcc.lengths import parse_length
+
+    specs = _passes(passes)
+    n = parse_length(length)
+    loaded = _load(model)
+    with _status("diff") as status:
+        reports = run_diff(loaded, specs, n, progress=lambda s: status.update(f"diff: {s}"))
+    if as_json:
+        stages = [{k: v for k, v in r.to_dict().items() if k != "ok"} | {"ok": r.ok} for r in reports]
+        print(json.dumps({"model": loaded.spec.model_id, "length": n, "stages": stages}, indent=2))
+    else:
+        table = Table(title=f"{loaded.spec.model_id}, {n} tokens, against HF eager")
+        for col in ("stage", "kind", "max abs", "rel", "cosine", "KL", "top-1", "first div. layer", "ok"):
+            table.add_column(col)
+        for r in reports:
+            table.add_row(r.name, "exact" if r.exact else "approx", f"{r.max_abs:.2e}", f"{r.rel:.2e}",
+                          f"{r.cosine:.6f}", f"{r.kl:.2e}", f"{r.top1:.3f}",
+                          "-" if r.first_divergent_layer is None else str(r.first_divergent_layer),
+                          "yes" if r.ok else "[red]NO[/red]")
+        out.print(table)
+    if not all(r.ok for r in reports):
+        raise typer.Exit(1)
+
+
+def _click_exceptions():
+    """typer may vendor its own click; catch both."""
+    mods = []
+    for name in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            mods.append(__import__(name, fromlist=["UsageError"]))
+        except ImportError:
+            pass
+    usage = tuple(m.UsageError for m in mods)
+    exits = tuple(m.Exit for m in mods if hasattr(m, "Exit")) + (SystemExit,) * 0
+    aborts = tuple(m.Abort for m in mods if hasattr(m, "Abort")) or (KeyboardInterrupt,)
+    return usage, exits, aborts
+
+
+def _quiet() -> None:
+    import logging
+    import os
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    if not debug:
+        _quiet()
+    usage, exits, aborts = _click_exceptions()
+    try:
+        app(args=argv, prog_name="lcc", standalone_mode=False)
+        return 0
+    except exits as e:
+        return e.exit_code
+    except (UsageError, *usage) as e:
+        if debug:
+            raise
+        msg = str(e) if isinstance(e, UsageError) else e.format_message()
+        print(f"lcc: error: {' '.join(msg.split())}", file=sys.stderr)
+        return 2
+    except aborts:
+        return 130
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,124 @@
+"""``lcc diff``: the same inputs through every stage, compared with HF eager.
+
+Stages: ``hf-eager`` (the oracle), ``captured``, ``canonical``, then one per pass (and
+per backend, once lowered).  Per stage: max abs and relative logit error, cosine
+similarity and KL divergence of next-token distributions, top-1 agreement over
+positions, and the first layer whose hidden state diverges past the tolerance.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import torch
+
+from lcc.capture.export import capture
+from lcc.capture.program import Program
+from lcc.models.loader import LoadedModel
+from lcc.passes import apply_passes, canonicalize, parse_pass
+
+LOGIT_TOL = 1e-4  # exact stages: max abs logit error against HF eager, fp32
+
+
+@dataclass
+class StageReport:
+    name: str
+    exact: bool
+    max_abs: float
+    rel: float
+    cosine: float
+    kl: float
+    top1: float
+    first_divergent_layer: int | None
+    vs_prev_max_abs: float
+    ok: bool
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Outputs:
+    logits: torch.Tensor  # [S, V]
+    hidden: torch.Tensor  # [L+1, S, H]
+
+
+def compare(ref: Outputs, out: Outputs, name: str, exact: bool, prev: Outputs | None = None,
+            tol: float = LOGIT_TOL) -> StageReport:
+    """Errors of ``out`` against the oracle ``ref``; an exact stage must also match ``prev`` within ``tol``."""
+    d = (out.logits - ref.logits).abs()
+    max_abs = float(d.max())
+    rel = max_abs / max(float(ref.logits.abs().max()), 1e-30)
+    logp_ref = torch.log_softmax(ref.logits.double(), -1)
+    logp = torch.log_softmax(out.logits.double(), -1)
+    p_ref, p = logp_ref.exp(), logp.exp()
+    cosine = float(torch.nn.functional.cosine_similarity(p_ref, p, dim=-1).min())
+    kl = float((p_ref * (logp_ref - logp)).sum(-1).mean().clamp_min(0))
+    top1 = float((ref.logits.argmax(-1) == out.logits.argmax(-1)).float().mean())
+    first = None
+    for i in range(ref.hidden.shape[0]):
+        h_ref, h = ref.hidden[i], out.hidden[i]
+        h_tol = tol * max(1.0, float(h_ref.abs().max()))
+        if float((h - h_ref).abs().max()) > h_tol:
+            first = min(max(i - 1, 0), ref.hidden.shape[0] - 2)  # hidden[0] is the embedding output
+            break
+    prev = ref if prev is None else prev
+    vs_prev = float((out.logits - prev.logits).abs().max())
+    ok = (vs_prev <= tol) if exact else True
+    return StageReport(name, exact, max_abs, rel, cosine, kl, top1, first, vs_prev, ok)
+
+
+@contextlib.contextmanager
+def hf_eager(model):
+    """transformers' own ``eager`` attention (plain matmul + softmax): the oracle's arithmetic."""
+    saved = model.config._attn_implementation
+    model.config._attn_implementation = "eager"
+    try:
+        yield model
+    finally:
+        model.config._attn_implementation = saved
+
+
+@torch.inference_mode()
+def hf_outputs(loaded: LoadedModel, ids: torch.Tensor) -> Outputs:
+    with hf_eager(loaded.model) as model:
+        out = model(input_ids=ids, output_hidden_states=True, use_cache=False)
+    return Outputs(out.logits[0].float(), torch.stack(out.hidden_states)[:, 0].float())
+
+
+@torch.inference_mode()
+def program_outputs(program: Program, ids: torch.Tensor) -> Outputs:
+    logits, hidden, *_ = program.entries["prefill_full"](ids, *program.cache.empty())
+    return Outputs(logits[0].float(), hidden[:, 0].float())
+
+
+def diff(loaded: LoadedModel, passes=(), length: int = 128,
+         progress: Callable[[str], None] | None = None) -> list[StageReport]:
+    """Run HF eager, the captured and canonical programs and each pass stage on ``length`` tokens."""
+    from lcc.data import sample_ids
+
+    specs = [parse_pass(p) if isinstance(p, str) else p for p in passes]
+    ids = torch.tensor([sample_ids(loaded.tokenizer, length, loaded.spec.vocab)])
+    step = progress or (lambda _: None)
+    step("hf-eager")
+    ref = hf_outputs(loaded, ids)
+    reports = [compare(ref, ref, "hf-eager", True)]
+    step("capture")
+    program = capture(loaded, capacity=length, entries=("prefill_full",))
+    reports.append(compare(ref, program_outputs(program, ids), "captured", True))
+    step("canonicalize")
+    program = canonicalize(program)
+    last = [program_outputs(program, ids)]
+    reports.append(compare(ref, last[0], "canonical", True))
+
+    def on_stage(p: Program) -> None:
+        spec = specs[len(p.passes) - 1]
+        step(p.stage)
+        out = program_outputs(p, ids)
+        reports.append(compare(ref, out, p.stage, spec.exact_for(length), prev=last[0]))
+        last[0] = out
+
+    apply_passes(program, specs, on_stage=on_stage)
+    return reports
