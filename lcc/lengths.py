@@ -5,7 +5,7 @@ import re
 from lcc.errors import UsageError
 
 _UNITS = {"": 1, "k": 1024, "m": 1024 * 1024}
-_RE = re.compile(r"^\s*(\d+)\s*([kKmM]?)\s*$")
+_RE = re.compile(r"^\s*(-?\d+)\s*([kKmM]?)\s*$")
 
 
 def parse_length(text: str | int) -> int:

@@ -1,0 +1,30 @@
+import os
+import warnings
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+warnings.filterwarnings("ignore")
+
+TINY_FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "phi3", "gpt-neox"]
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    from lcc.models import load_model
+
+    return load_model("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    from lcc.models import load_model
+
+    cache = {}
+
+    def get(family):
+        if family not in cache:
+            cache[family] = load_model(f"tiny-{family}")
+        return cache[family]
+
+    return get

@@ -1,0 +1,76 @@
+"""Loading presets, HF directories and GGUF files; the spec read from each; bad input."""
+
+import pytest
+import torch
+
+from lcc.errors import UsageError
+from lcc.models import load_model
+from tests.conftest import TINY_FAMILIES
+
+
+@pytest.mark.slow
+def test_smollm2_spec_is_the_real_model(smollm2):
+    s = smollm2.spec
+    assert (s.family, s.layers, s.heads, s.kv_heads, s.head_dim) == ("llama", 30, 9, 3, 64)
+    assert s.trained_len == 8192 and s.rotary.theta == 100000.0 and s.rotary.rotary_dim == 64
+    assert 134_000_000 < s.params < 136_000_000
+    # K and V, 30 layers x 3 heads x 64 dims, fp32
+    assert s.kv_bytes_per_token() == 2 * 30 * 3 * 64 * 4
+    assert smollm2.tokenizer("The capital of France is")["input_ids"] == [504, 3575, 282, 4649, 314]
+
+
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_tiny_presets_are_seeded_and_of_their_family(family):
+    a, b = load_model(f"tiny-{family}"), load_model(f"tiny-{family}")
+    assert a.spec.family == family
+    assert a.weights_hash == b.weights_hash
+    ids = torch.tensor([[1, 2, 3]])
+    assert torch.equal(a.model(ids).logits, b.model(ids).logits)
+
+
+def test_tiny_family_features_are_visible_in_the_spec(tiny):
+    assert tiny("mistral").spec.attention == ("sliding:24",) * 2
+    assert tiny("qwen2").spec.attention == ("full", "sliding:24", "sliding:24")
+    assert tiny("gpt-neox").spec.rotary.rotary_dim == 4
+    assert tiny("phi3").spec.rotary.rotary_dim == 8
+
+
+def test_hf_directory_round_trip(tmp_path, tiny):
+    loaded = tiny("qwen3")
+    loaded.model.save_pretrained(tmp_path)
+    loaded.tokenizer.save_pretrained(tmp_path)
+    again = load_model(str(tmp_path))
+    assert again.spec.family == "qwen3"
+    ids = torch.tensor([[5, 6, 7]])
+    assert torch.equal(again.model(ids).logits, loaded.model(ids).logits)
+
+
+def test_unsupported_family_names_the_supported_ones(tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50)).save_pretrained(tmp_path)
+    with pytest.raises(UsageError, match="not supported; supported: llama, mistral, qwen2, qwen3, phi3, gpt-neox"):
+        load_model(str(tmp_path))
+
+
+@pytest.mark.parametrize("name,message", [
+    ("/no/such/path", "neither a preset nor an existing path"),
+    ("tiny-gpt2", "unknown preset"),
+])
+def test_bad_names(name, message):
+    with pytest.raises(UsageError, match=message):
+        load_model(name)
+
+
+def test_corrupt_gguf(tmp_path):
+    f = tmp_path / "broken.gguf"
+    f.write_bytes(b"GGUF" + b"\x00" * 50)
+    with pytest.raises(UsageError, match="not a readable GGUF file"):
+        load_model(str(f))
+
+
+def test_corrupt_safetensors(tmp_path, tiny):
+    tiny("llama").model.config.save_pretrained(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    with pytest.raises(UsageError, match="not a readable safetensors file"):
+        load_model(str(tmp_path))
