@@ -1,0 +1,1 @@
+"""Backends lower lcc programs: ``onnx``, ``tvm``, ``triton``. Each registers its op lowerings itself."""
