@@ -144,6 +144,63 @@ def diff(model: str = typer.Argument("smollm2-135m", help="preset, HF directory 
         raise typer.Exit(1)
 
 
+@app.command("eval")
+def eval_cmd(model: str = typer.Argument("smollm2-135m", help="preset, HF directory or .gguf file"),
+             task: str = typer.Option(..., "--task", help="passkey or ppl"),
+             lengths: str = typer.Option("4k,8k", "--lengths", help="comma-separated lengths, e.g. 4k,8k,16k"),
+             passes: Optional[list[str]] = PassOpt,
+             trials: int = typer.Option(10, "--trials", min=1, help="passkey: seeded trials per length and depth"),
+             windows: int = typer.Option(2, "--windows", min=1, help="ppl: windows of text per length"),
+             text: Optional[str] = typer.Option(None, "--text", help="ppl: a text file (default: the KJV Bible)"),
+             as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+             plot: Optional[str] = typer.Option(None, "--plot", help="write a PNG plot here")):
+    """Passkey retrieval accuracy or perplexity at each length, through the (rewritten) program."""
+    from rich.progress import Progress
+
+    from lcc.eval import DEPTHS, eval_passkey, eval_ppl, plot as plot_results
+    from lcc.eval.text import load_text
+    from lcc.lengths import parse_lengths
+
+    if task not in ("passkey", "ppl"):
+        raise UsageError(f"unknown task {task!r}: use --task passkey or --task ppl")
+    if plot is not None and not plot.endswith(".png"):
+        raise UsageError(f"--plot {plot}: give a .png path")
+    specs = _passes(passes)
+    ns = parse_lengths(lengths)
+    corpus = load_text(text) if task == "ppl" else None
+    loaded = _load(model)
+    if loaded.tokenizer is None:
+        raise UsageError(f"{model} has no tokenizer files: lcc eval needs tokenizer.json beside the weights")
+    steps = len(ns) * (trials * len(DEPTHS) if task == "passkey" else 1)
+    with Progress(console=err, transient=True) as bar:
+        job = bar.add_task(f"{task} on {loaded.spec.model_id}", total=steps)
+        tick = lambda: bar.advance(job)  # noqa: E731
+        if task == "passkey":
+            results = eval_passkey(loaded, specs, ns, trials=trials, progress=tick)
+        else:
+            results = eval_ppl(loaded, specs, ns, corpus, windows=windows, progress=tick)
+    label = " + ".join(str(s) for s in specs) or "no passes"
+    metric = "accuracy" if task == "passkey" else "ppl"
+    if plot:
+        import os
+        import tempfile
+
+        fd, tmp = tempfile.mkstemp(suffix=".png", dir=os.path.dirname(os.path.abspath(plot)))
+        os.close(fd)
+        plot_results({label: results}, metric, tmp, f"{loaded.spec.model_id}: {task}")
+        os.replace(tmp, plot)
+    if as_json:
+        print(json.dumps({"model": loaded.spec.model_id, "passes": [str(s) for s in specs], "task": task,
+                          "results": [r.to_dict() for r in results]}, indent=2))
+        return
+    table = Table(title=f"{loaded.spec.model_id} {task} ({label})")
+    table.add_column("length")
+    table.add_column(metric)
+    for r in results:
+        table.add_row(str(r.length), f"{r.metrics[metric]:.3f}" if metric == "accuracy" else f"{r.metrics[metric]:.2f}")
+    out.print(table)
+
+
 def _click_exceptions():
     """typer may vendor its own click; catch both."""
     mods = []

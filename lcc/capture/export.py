@@ -68,6 +68,9 @@ def capture(loaded: LoadedModel, capacity: int, batch: int = 1, entries=("prefil
     model = loaded.model.eval()
     if "prefill" in entries:
         graphs["prefill"] = _export(_Prefill(model, spec.layers, "last", False), (example, *cache), prefill_shapes)
+    if "prefill_logits" in entries:
+        graphs["prefill_logits"] = _export(_Prefill(model, spec.layers, "all", False), (example, *cache),
+                                           prefill_shapes)
     if "prefill_full" in entries:
         graphs["prefill_full"] = _export(_Prefill(model, spec.layers, "all", True), (example, *cache), prefill_shapes)
     if "decode" in entries:

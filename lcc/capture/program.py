@@ -41,7 +41,8 @@ class Program:
 
     ``prefill(input_ids[B,S], *cache) -> (logits[B,1,V], *cache)``;
     ``decode(input_ids[B,1], position[], *cache) -> (logits[B,1,V], *cache)``;
-    ``prefill_full(input_ids[B,S], *cache) -> (logits[B,S,V], hidden[L+1,B,S,H], *cache)``.
+    ``prefill_full(input_ids[B,S], *cache) -> (logits[B,S,V], hidden[L+1,B,S,H], *cache)``;
+    ``prefill_logits(input_ids[B,S], *cache) -> (logits[B,S,V], *cache)`` (perplexity).
     """
 
     spec: ModelSpec
