@@ -25,8 +25,10 @@ class MaskKind:
     params: dict[str, int]
     factory: Callable[..., MaskMod]
     doc: str = ""
-    # density(q_len, kv_len, **params) -> expected fraction of causal pairs kept; used by the cost model.
     causal: bool = True
+    # key_ranges(q_lo, q_hi, n_keys, **params) -> [(lo, hi), ...]: half-open key intervals that hold every
+    # key any query in [q_lo, q_hi] may see (a superset is fine; the predicate still decides). None: all keys.
+    key_ranges: Callable[..., list[tuple[int, int]]] | None = None
 
 
 _MASKS: dict[str, MaskKind] = {}
@@ -79,6 +81,13 @@ class MaskSpec:
     def mask_mod(self) -> MaskMod:
         return _MASKS[self.kind].factory(**self.args)
 
+    def key_ranges(self, q_lo: int, q_hi: int, n_keys: int) -> list[tuple[int, int]]:
+        """Key intervals that may be visible from queries at positions q_lo..q_hi (for block skipping)."""
+        fn = _MASKS[self.kind].key_ranges
+        if fn is None:
+            return [(0, n_keys)]
+        return [(max(0, lo), min(n_keys, hi)) for lo, hi in fn(q_lo, q_hi, n_keys, **self.args) if hi > lo]
+
 
 def dense_mask(spec: str | MaskSpec, q_len: int, kv_len: int, device=None) -> torch.Tensor:
     """The [q_len, kv_len] boolean mask with queries aligned to the end of the keys."""
@@ -107,6 +116,15 @@ def _sliding(window: int, sinks: int) -> MaskMod:
 
 
 register_mask(MaskKind("full", {}, _full, "every query sees every key (not causal)", causal=False))
-register_mask(MaskKind("causal", {}, _causal, "every query sees itself and every earlier key"))
+def _sliding_ranges(q_lo, q_hi, n, window, sinks):
+    local_lo = q_lo - window + 1
+    if local_lo <= sinks:
+        return [(0, q_hi + 1)]
+    return [(0, sinks), (local_lo, q_hi + 1)]
+
+
+register_mask(MaskKind("causal", {}, _causal, "every query sees itself and every earlier key",
+                       key_ranges=lambda q_lo, q_hi, n: [(0, q_hi + 1)]))
 register_mask(MaskKind("sliding", {"window": 4096, "sinks": 0}, _sliding,
-                       "causal, the last `window` keys plus the first `sinks` (StreamingLLM)"))
+                       "causal, the last `window` keys plus the first `sinks` (StreamingLLM)",
+                       key_ranges=_sliding_ranges))
