@@ -88,7 +88,7 @@ def list_passes(as_json: bool = typer.Option(False, "--json", help="print JSON")
 
 
 @app.command()
-def run(model: str = typer.Argument(..., help="preset, HF directory or .gguf file"),
+def run(model: str = typer.Argument(..., help="preset, HF directory, .gguf file, or an artifact from lcc compile"),
         prompt: str = typer.Option(..., "--prompt", help="text to continue"),
         max_new_tokens: int = typer.Option(32, "--max-new-tokens", min=1, help="tokens to generate"),
         passes: Optional[list[str]] = PassOpt):
@@ -97,7 +97,11 @@ def run(model: str = typer.Argument(..., help="preset, HF directory or .gguf fil
     from lcc.passes import apply_passes, canonicalize
     from lcc.runtime import eos_ids, generate_ids
 
+    from pathlib import Path
+
     specs = _passes(passes)
+    if (Path(model) / "lcc.json").is_file():
+        return _run_artifact(Path(model), prompt, max_new_tokens, specs)
     loaded = _load(model)
     if loaded.tokenizer is None:
         raise UsageError(f"{model} has no tokenizer files: lcc run needs tokenizer.json beside the weights")
@@ -111,6 +115,68 @@ def run(model: str = typer.Argument(..., help="preset, HF directory or .gguf fil
     with _status("generating"):
         new = generate_ids(program, ids, max_new_tokens, stop=eos_ids(loaded.model))
     print(loaded.tokenizer.decode(new, skip_special_tokens=True))
+
+
+def _run_artifact(path, prompt: str, max_new_tokens: int, specs) -> None:
+    from lcc.capture.program import CacheLayout
+    from lcc.compile import load_artifact
+    from lcc.runtime import generate_ids
+
+    if specs:
+        raise UsageError("--pass does not apply to a compiled artifact: its passes were fixed by lcc compile")
+    with _status(f"loading {path}"):
+        manifest, runnable, tokenizer = load_artifact(path)
+    if tokenizer is None:
+        raise UsageError(f"{path} has no tokenizer files: recompile from a model that has a tokenizer")
+    ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+    if ids.shape[1] < 2:
+        raise UsageError("the prompt must be at least 2 tokens long")
+    eos = tokenizer.eos_token_id
+    with _status("generating"):
+        new = generate_ids(runnable, ids, max_new_tokens, stop={eos} if eos is not None else set(),
+                           cache_layout=CacheLayout(**manifest["cache"]))
+    print(tokenizer.decode(new, skip_special_tokens=True))
+
+
+@app.command("compile")
+def compile_cmd(model: str = typer.Argument("smollm2-135m", help="preset, HF directory or .gguf file"),
+                target_len: str = typer.Option(..., "--target-len", help="context length to compile for, e.g. 32k"),
+                backend: str = typer.Option("torch", "--backend", help="torch, onnx, tvm or triton"),
+                passes: Optional[list[str]] = PassOpt,
+                out_dir: Optional[str] = typer.Option(None, "--out", help="artifact directory (default MODEL-LEN-BACKEND)"),
+                device: str = typer.Option("cpu", "--device", help="hardware profile the planner plans for"),
+                force: bool = typer.Option(False, "--force", help="replace an existing --out directory")):
+    """Plan (unless --pass is given), apply, check every stage, lower, and write an artifact directory."""
+    from pathlib import Path
+
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from lcc.backends import get_backend
+    from lcc.compile import compile_model
+    from lcc.lengths import format_length, parse_length
+
+    n = parse_length(target_len)
+    specs = _passes(passes) if passes else None
+    get_backend(backend)  # a usage error before any slow work
+    loaded = _load(model)
+    target = Path(out_dir or f"{Path(loaded.spec.model_id).name}-{format_length(n)}-{backend}")
+    plan_fn = _planner()
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err,
+                  transient=True) as bar:
+        job = bar.add_task("compile", total=None)
+        result = compile_model(loaded, n, backend, specs, target, force=force, device=device, plan_fn=plan_fn,
+                               progress=lambda s: bar.update(job, description=f"compile: {s}"))
+    low = result.report["lowered"]
+    out.print(f"wrote {result.out}: passes {', '.join(result.manifest['plan']['passes']) or '(none)'}; "
+              f"{low['name']} max abs error {low['max_abs']:.2e} against the rewritten program")
+
+
+def _planner():
+    try:
+        from lcc.cost.planner import plan_for_compile
+    except ImportError:
+        return None
+    return plan_for_compile
 
 
 @app.command()

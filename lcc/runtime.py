@@ -31,14 +31,21 @@ def eos_ids(loaded_model) -> set[int]:
 
 @torch.inference_mode()
 def generate_ids(program: Program, prompt_ids: torch.Tensor, max_new_tokens: int,
-                 stop: set[int] = frozenset()) -> list[int]:
-    """Greedy decoding: one prefill of the prompt, then one decode call per new token."""
+                 stop: set[int] = frozenset(), cache_layout=None) -> list[int]:
+    """Greedy decoding: one prefill of the prompt, then one decode call per new token.
+
+    ``program`` is anything with ``entries`` (a Program or a loaded artifact); ``cache_layout``
+    defaults to ``program.cache``.
+    """
     prefill, decode = program.entries["prefill"], program.entries["decode"]
+    layout = cache_layout or program.cache
     n = prompt_ids.shape[1]
-    if n + max_new_tokens > program.cache.capacity:
-        raise ValueError(f"prompt ({n}) + new tokens ({max_new_tokens}) exceed the cache capacity "
-                         f"{program.cache.capacity}")
-    logits, *cache = prefill(prompt_ids, *program.cache.empty())
+    if n + max_new_tokens > layout.capacity:
+        from lcc.errors import UsageError
+
+        raise UsageError(f"prompt ({n} tokens) + new tokens ({max_new_tokens}) exceed the cache capacity "
+                         f"{layout.capacity}: compile with a larger --target-len or ask for fewer tokens")
+    logits, *cache = prefill(prompt_ids, *layout.empty())
     out: list[int] = []
     token = logits[:, -1].argmax(-1)
     for step in range(max_new_tokens):
@@ -46,5 +53,5 @@ def generate_ids(program: Program, prompt_ids: torch.Tensor, max_new_tokens: int
         if out[-1] in stop or step == max_new_tokens - 1:
             break
         logits, *cache = decode(token.view(1, 1), torch.tensor(n + step), *cache)
-        token = logits[:, -1].argmax(-1)
+        token = torch.as_tensor(logits)[:, -1].argmax(-1)
     return out

@@ -1,0 +1,66 @@
+"""The compile report: report.json, report.md (plan and pass-by-pass diff tables) and PNG plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def _md_table(headers: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def plot_stage_errors(stages: list[dict], path: Path) -> None:
+    """Max abs logit error and KL per stage against HF eager (log scale)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [s["name"].split(":")[0] if len(s["name"]) > 24 else s["name"] for s in stages[1:]]
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    xs = range(len(names))
+    ax.bar([x - 0.2 for x in xs], [max(s["max_abs"], 1e-12) for s in stages[1:]], width=0.4, label="max abs logit")
+    ax.bar([x + 0.2 for x in xs], [max(s["kl"], 1e-18) for s in stages[1:]], width=0.4, label="KL")
+    ax.set_yscale("log")
+    ax.set_xticks(list(xs), names, rotation=20, ha="right", fontsize=8)
+    ax.set_title("error per stage against HF eager")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(out: Path, manifest: dict, report: dict) -> None:
+    out = Path(out)
+    (out / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    stages = report["stages"]
+    parts = [f"# lcc compile report: {manifest['model']['id']} at {manifest['target_len']} tokens, "
+             f"backend {manifest['backend']}", ""]
+    plan = report.get("plan", {})
+    parts += ["## Plan", "", f"passes: {', '.join(plan.get('passes') or ['(none)'])}", "",
+              f"reason: {plan.get('reason', '')}", ""]
+    if plan.get("candidates"):
+        keys = list(plan["candidates"][0].keys())
+        parts += [_md_table(keys, [[c[k] for k in keys] for c in plan["candidates"]]), ""]
+    parts += ["## Stages (against HF eager)", "",
+              _md_table(["stage", "kind", "max abs", "rel", "cosine", "KL", "top-1", "first div. layer", "ok"],
+                        [[s["name"], "exact" if s["exact"] else "approx", f"{s['max_abs']:.2e}", f"{s['rel']:.2e}",
+                          f"{s['cosine']:.6f}", f"{s['kl']:.2e}", f"{s['top1']:.3f}",
+                          s["first_divergent_layer"] if s["first_divergent_layer"] is not None else "-",
+                          "yes" if s["ok"] else "NO"] for s in stages]), ""]
+    low = report["lowered"]
+    parts += ["## Lowering", "", f"{low['name']}: max abs logit error against the rewritten program "
+              f"{low['max_abs']:.2e}, top-1 agreement {low['top1']:.3f}", ""]
+    native = manifest["lowering"]["native"]
+    parts += [_md_table(["op", "implementation"], [[k, v] for k, v in sorted(native.items())]), ""]
+    if manifest["lowering"]["fallbacks"]:
+        parts += ["Ops without a native lowering (run as their reference decomposition): "
+                  + ", ".join(manifest["lowering"]["fallbacks"]), ""]
+    plot_stage_errors(stages, out / "errors.png")
+    parts += ["![error per stage](errors.png)", ""]
+    if (out / "cost.png").exists():
+        parts += ["![cost vs length](cost.png)", ""]
+    (out / "report.md").write_text("\n".join(parts))
