@@ -1,0 +1,79 @@
+"""``lcc compile``: the artifact directory, its determinism, atomic writes, and running it."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from lcc.compile import compile_model, load_artifact
+from lcc.errors import UsageError
+from lcc.passes import parse_pass
+from lcc.runtime import generate_ids
+
+
+def test_artifact_runs_and_matches_the_in_process_program(tmp_path, tiny):
+    loaded = tiny("mistral")
+    passes = [parse_pass("sliding-window:window=16,sinks=2")]
+    result = compile_model(loaded, 256, "torch", passes, tmp_path / "a")
+    m = result.manifest
+    assert m["model"]["weights_hash"] == loaded.weights_hash and m["target_len"] == 256
+    assert m["plan"]["passes"] == ["sliding-window:window=16,sinks=2,layers=all"]
+    assert {"prefill.pt2", "decode.pt2"} <= set(m["files"])
+    assert [c["stage"] for c in m["checks"]][:3] == ["hf-eager", "captured", "canonical"]
+    for f in ("lcc.json", "report.md", "report.json", "errors.png", "tokenizer.json"):
+        assert (tmp_path / "a" / f).is_file(), f
+    manifest, runnable, tok = load_artifact(tmp_path / "a")
+    from lcc.capture import capture
+    from lcc.capture.program import CacheLayout
+    from lcc.passes import apply_passes, canonicalize
+
+    program = apply_passes(canonicalize(capture(loaded, 256)), passes)
+    prompt = torch.randint(0, 256, (1, 40), generator=torch.Generator().manual_seed(4))
+    want = generate_ids(program, prompt, 20)
+    assert generate_ids(runnable, prompt, 20, cache_layout=CacheLayout(**manifest["cache"])) == want
+
+
+def test_same_inputs_give_byte_identical_manifest(tmp_path, tiny):
+    loaded = tiny("llama")
+    for name in ("a", "b"):
+        compile_model(loaded, 128, "torch", [parse_pass("flash")], tmp_path / name)
+    assert (tmp_path / "a" / "lcc.json").read_bytes() == (tmp_path / "b" / "lcc.json").read_bytes()
+
+
+def test_existing_output_is_not_overwritten_without_force(tmp_path, tiny):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "keep").write_text("x")
+    with pytest.raises(UsageError, match="--force"):
+        compile_model(tiny("llama"), 128, "torch", [], tmp_path / "a")
+    assert (tmp_path / "a" / "keep").read_text() == "x"
+    compile_model(tiny("llama"), 128, "torch", [], tmp_path / "a", force=True)
+    assert not (tmp_path / "a" / "keep").exists() and (tmp_path / "a" / "lcc.json").is_file()
+
+
+def test_a_failed_compile_leaves_nothing_behind(tmp_path, tiny, monkeypatch):
+    import lcc.backends.torch_export as te
+
+    def broken(*a, **k):
+        raise RuntimeError("lowering failed")
+
+    monkeypatch.setattr(te.BACKEND, "lower", broken)
+    with pytest.raises(RuntimeError):
+        compile_model(tiny("llama"), 128, "torch", [], tmp_path / "a")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_compile_then_run(tmp_path):
+    def lcc(*args):
+        return subprocess.run([sys.executable, "-m", "lcc", *args], capture_output=True, text=True, timeout=600)
+
+    r = lcc("compile", "tiny-qwen3", "--target-len", "256", "--pass", "flash", "--out", str(tmp_path / "q"))
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "q" / "lcc.json").read_text())["backend"] == "torch"
+    r = lcc("run", str(tmp_path / "q"), "--prompt", "hello world", "--max-new-tokens", "5")
+    assert r.returncode == 0, r.stderr
+    r = lcc("compile", "tiny-qwen3", "--target-len", "256", "--backend", "cuda-magic")
+    assert r.returncode == 2 and "unknown backend 'cuda-magic'" in r.stderr
+    r = lcc("run", str(tmp_path), "--prompt", "x y")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
