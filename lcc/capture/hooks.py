@@ -69,11 +69,11 @@ def lcc_attention_forward(module, query, key, value, attention_mask, scaling=Non
 def lcc_apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1, **kwargs):
     """Stands in for a family's ``apply_rotary_pos_emb``: ``cos`` carries positions, ``sin`` the rope info."""
     positions, rope = cos, sin
-    inv_freq, scaling = rope
+    inv_freq, scaling, variant = rope
     if unsqueeze_dim == 2:  # [B, S, H, D] layout
         q, k = q.transpose(1, 2), k.transpose(1, 2)
-    q = torch.ops.lcc.rope(q, positions, inv_freq, scaling, "")
-    k = torch.ops.lcc.rope(k, positions, inv_freq, scaling, "")
+    q = torch.ops.lcc.rope(q, positions, inv_freq, scaling, variant)
+    k = torch.ops.lcc.rope(k, positions, inv_freq, scaling, variant)
     if unsqueeze_dim == 2:
         q, k = q.transpose(1, 2), k.transpose(1, 2)
     return q, k
@@ -95,22 +95,34 @@ def _register_interface() -> None:
     AttentionInterface.register(ATTN_IMPL, lcc_attention_forward)
 
 
-UNSUPPORTED_ROPE = ("dynamic", "longrope")
+LENGTH_DEPENDENT_ROPE = ("dynamic", "longrope")
+
+
+def _rope_setting(model, rotary):
+    """(inv_freq, attention_scaling, variant) that reproduce ``rotary``'s cos/sin for any positions."""
+    params = getattr(model.config, "rope_parameters", None) or {}
+    if params.get("rope_type", "default") not in LENGTH_DEPENDENT_ROPE:
+        return rotary.inv_freq, float(rotary.attention_scaling), ""
+    from lcc.ops.rope_scaling import METHODS, from_rope_parameters
+    from lcc.models.spec import spec_from_model
+
+    method, factor, original, extra = from_rope_parameters(params, model.config.max_position_embeddings)
+    rot = spec_from_model(model, "").rotary
+    setting = METHODS[method].setting(rot.theta, rot.rotary_dim, factor, original, **extra)
+    return setting.inv_freq, float(setting.attention_scaling), setting.variant
 
 
 @contextlib.contextmanager
 def lcc_hooks(model, state: CacheState):
     """Within this block, ``model`` runs its attention and rotary through lcc ops on ``state``'s cache."""
     _register_interface()
-    rope_type = (getattr(model.config, "rope_parameters", None) or {}).get("rope_type", "default")
-    if rope_type in UNSUPPORTED_ROPE:
-        raise NotImplementedError(f"capturing a model whose own rope_type is {rope_type!r} is not supported yet")
     saved_impl = model.config._attn_implementation
     rotaries = _rotary_modules(model)
     modules = _modeling_modules(model)
     saved_apply = [m.apply_rotary_pos_emb for m in modules]
     for r in rotaries:
-        r.forward = (lambda rr: lambda x, position_ids, *a, **kw: (position_ids, (rr.inv_freq, float(rr.attention_scaling))))(r)
+        rope = _rope_setting(model, r)
+        r.forward = (lambda rope: lambda x, position_ids, *a, **kw: (position_ids, rope))(rope)
     for m in modules:
         m.apply_rotary_pos_emb = lcc_apply_rotary_pos_emb
     model.config._attn_implementation = ATTN_IMPL

@@ -5,3 +5,4 @@ from lcc.passes.base import (  # noqa: F401
 )
 from lcc.passes.canonicalize import canonicalize  # noqa: F401
 from lcc.passes import attention  # noqa: F401,E402  (registers attention rewrites)
+from lcc.passes import rope_scaling  # noqa: F401,E402  (registers rope-scaling)
