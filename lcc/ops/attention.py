@@ -102,6 +102,16 @@ def attention_chunked(q, k, v, kv_len=None, scale=None, mask="causal", chunk=0, 
     return out
 
 
+def attention_flash_cpu(q, k, v, kv_len=None, scale=None, mask="causal"):
+    """IO-aware attention on the CPU: PyTorch's fused SDPA kernel (tiled online softmax) for causal
+    prefill, the key-skipping chunked path for everything else."""
+    if mask == "causal" and kv_len is None and q.shape[2] == k.shape[2]:
+        out = torch.nn.functional.scaled_dot_product_attention(
+            q, k.to(q.dtype), v.to(q.dtype), is_causal=True, scale=scale, enable_gqa=q.shape[1] != k.shape[1])
+        return out
+    return attention_chunked(q, k, v, kv_len, scale, mask)
+
+
 # Implementations that ``algo`` can name on a device; backends add theirs (e.g. Triton on cuda).
 IMPLEMENTATIONS: dict[tuple[str, str], callable] = {}
 
@@ -133,6 +143,8 @@ def attention(
         return attention_reference(q, k, v, kv_len, scale, mask)
     if name == "auto":  # eager-identical arithmetic, memory bounded by row chunks
         return attention_chunked(q, k, v, kv_len, scale, mask, skip_keys=False)
+    if name == "flash":
+        return attention_flash_cpu(q, k, v, kv_len, scale, mask)
     return attention_chunked(q, k, v, kv_len, scale, mask, chunk=args.get("chunk", 0))
 
 
