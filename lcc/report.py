@@ -22,9 +22,15 @@ def plot_stage_errors(stages: list[dict], path: Path) -> None:
     names = [s["name"].split(":")[0] if len(s["name"]) > 24 else s["name"] for s in stages[1:]]
     fig, ax = plt.subplots(figsize=(7, 3.5))
     xs = range(len(names))
-    ax.bar([x - 0.2 for x in xs], [max(s["max_abs"], 1e-12) for s in stages[1:]], width=0.4, label="max abs logit")
-    ax.bar([x + 0.2 for x in xs], [max(s["kl"], 1e-18) for s in stages[1:]], width=0.4, label="KL")
+    floor = 1e-16
+    for offset, key, label in ((-0.2, "max_abs", "max abs logit"), (0.2, "kl", "KL")):
+        values = [s[key] for s in stages[1:]]
+        ax.bar([x + offset for x in xs], [max(v, floor) for v in values], width=0.4, label=label)
+        for x, v in zip(xs, values):
+            if v == 0:
+                ax.text(x + offset, floor * 3, "0", ha="center", fontsize=8)
     ax.set_yscale("log")
+    ax.set_ylim(bottom=floor)
     ax.set_xticks(list(xs), names, rotation=20, ha="right", fontsize=8)
     ax.set_title("error per stage against HF eager")
     ax.legend(fontsize=8)
