@@ -6,3 +6,5 @@ from lcc.passes.base import (  # noqa: F401
 from lcc.passes.canonicalize import canonicalize  # noqa: F401
 from lcc.passes import attention  # noqa: F401,E402  (registers attention rewrites)
 from lcc.passes import rope_scaling  # noqa: F401,E402  (registers rope-scaling)
+from lcc.passes import kv_cache  # noqa: F401,E402  (registers kv-quant, kv-sink-cache)
+from lcc.passes import rerope  # noqa: F401,E402  (registers rerope, leaky-rerope)
