@@ -13,7 +13,13 @@ from lcc.models.spec import ModelSpec
 
 @dataclass(frozen=True)
 class CacheLayout:
-    """The KV cache the entry points take and return: per layer K and V of [B, Hkv, capacity, D]."""
+    """The KV cache the entry points take and return: per layer K and V of [B, Hkv, capacity, D].
+
+    A pass that changes the layout lists the tensors instead, in entry-point order, as
+    ``tensors = ((name, shape, dtype), ...)`` (e.g. quantized codes, scales and a residual ring);
+    ``shapes``, ``empty`` and ``bytes`` then describe those.  ``capacity`` stays the number of
+    token positions the program was captured for.
+    """
 
     batch: int
     capacity: int
@@ -22,17 +28,26 @@ class CacheLayout:
     head_dim: int
     dtype: str = "float32"
     kind: str = "plain"  # passes may change this: "ring", "quantized:...", ...
+    tensors: tuple = ()  # ((name, shape, dtype), ...) when not plain K/V of ``dtype``
+
+    def __post_init__(self):  # lists from a JSON manifest become tuples
+        object.__setattr__(self, "tensors", tuple((n, tuple(s), d) for n, s, d in self.tensors))
 
     def shapes(self) -> list[tuple[int, ...]]:
+        if self.tensors:
+            return [s for _, s, _ in self.tensors]
         shape = (self.batch, self.kv_heads, self.capacity, self.head_dim)
         return [shape] * (2 * self.layers)
 
+    def dtypes(self) -> list[str]:
+        return [d for _, _, d in self.tensors] if self.tensors else [self.dtype] * (2 * self.layers)
+
     def empty(self, device="cpu") -> list[torch.Tensor]:
-        """Fresh zero caches in entry-point order: k_0, v_0, k_1, v_1, ..."""
-        return [torch.zeros(s, dtype=getattr(torch, self.dtype), device=device) for s in self.shapes()]
+        """Fresh zero caches in entry-point order: k_0, v_0, k_1, v_1, ... (or ``tensors``)."""
+        return [torch.zeros(s, dtype=getattr(torch, d), device=device) for s, d in zip(self.shapes(), self.dtypes())]
 
     def bytes(self) -> int:
-        return sum(int(torch.Size(s).numel()) for s in self.shapes()) * getattr(torch, self.dtype).itemsize
+        return sum(int(torch.Size(s).numel()) * getattr(torch, d).itemsize for s, d in zip(self.shapes(), self.dtypes()))
 
 
 @dataclass(frozen=True)

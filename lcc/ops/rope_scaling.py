@@ -33,14 +33,14 @@ def default_inv_freq(base: float, dim: int, device=None) -> torch.Tensor:
 
 
 def linear(base, dim, factor, original=None):
-    """Position Interpolation (Chen et al. 2023, eq. 4: f'(x, m) = f(x, m L / L')): theta_i' = theta_i / s."""
+    """Position Interpolation (Chen et al. 2023, §2.2: f'(x, m) = f(x, m L / L')): theta_i' = theta_i / s."""
     inv_freq = default_inv_freq(base, dim)
     inv_freq /= factor
     return inv_freq, 1.0
 
 
 def ntk(base, dim, factor, original=None):
-    """NTK-aware scaling (bloc97 2023; YaRN, Peng et al. 2023, eq. 16): b' = b * s^(R/(R-2)).
+    """NTK-aware scaling (bloc97 2023; YaRN, Peng et al. 2023, §3.1): b' = b * s^(R/(R-2)).
 
     Changing the base leaves the fastest frequency unchanged and interpolates the slowest by s.
     """
@@ -52,7 +52,10 @@ def dynamic_ntk(base, dim, factor, original, seq_len=None):
 
     b' = b * (s * l / L - (s - 1))^(R/(R-2)) with l = max(seq_len, L), so lengths up to L
     keep the original basis.  ``seq_len`` may be a tensor (as transformers passes it from
-    ``position_ids``, which makes the arithmetic fp32); None means L.
+    ``position_ids``, which makes the arithmetic fp32); None means L.  transformers' module
+    keeps the largest length's basis while lengths stay above L (state across calls); the
+    lcc variant is stateless, so the two agree for non-decreasing lengths (prefill, then
+    decode) and whenever a length drops to L or below.
     """
     device = None
     if seq_len is None:
@@ -81,7 +84,7 @@ def _yarn_ramp(beta_fast, beta_slow, dim, base, original, truncate):
     """1 - gamma per frequency index: 0 where a dimension turns more than beta_fast times over L, 1 below beta_slow.
 
     The dimension that turns n times over L is d(n) = R ln(L / (2 pi n)) / (2 ln b)
-    (YaRN eq. 17 solved for d); the ramp is linear between d(beta_fast) and d(beta_slow).
+    (YaRN §3.2, r(d) = L / lambda_d solved for d); the ramp is linear between d(beta_fast) and d(beta_slow).
     """
 
     def dim_of(turns):
@@ -98,7 +101,7 @@ def _yarn_ramp(beta_fast, beta_slow, dim, base, original, truncate):
 
 def yarn(base, dim, factor, original, beta_fast=32.0, beta_slow=1.0, attention_factor=None, mscale=None,
          mscale_all_dim=None, truncate=True):
-    """YaRN (Peng et al. 2023): NTK-by-parts (eq. 18) plus attention temperature (§3.4).
+    """YaRN (Peng et al. 2023): NTK-by-parts (§3.2) plus attention temperature (§3.4).
 
     h(theta_d) = (1 - gamma_d) theta_d / s + gamma_d theta_d: dimensions that turn more than
     beta_fast times over L keep theta_d (extrapolate), fewer than beta_slow times are
@@ -138,7 +141,7 @@ def longrope_attention_factor(factor, original):
 
 
 def longrope(base, dim, factor, original, short_factor=None, long_factor=None, attention_factor=None, seq_len=None):
-    """LongRoPE (Ding et al. 2024, eq. 3): theta_i' = theta_i / lambda_i, per-dimension searched factors.
+    """LongRoPE (Ding et al. 2024, §2-3): theta_i' = theta_i / lambda_i, per-dimension searched factors.
 
     lambda = ``short_factor`` while the length is at most L, ``long_factor`` past it
     (``seq_len`` > L); cos and sin are scaled by sqrt(1 + ln(s) / ln(L)) at every length.

@@ -119,7 +119,8 @@ def _factory(kind):
 
 
 for _kind, _params, _doc in [
-    ("block-local", {"block": 512, "blocks": 2}, "causal; own block of `block` plus the previous `blocks`-1 (BlockBERT)"),
+    ("block-local", {"block": 512, "blocks": 2},
+     "causal; own block of `block` plus the previous `blocks`-1 (BlockBERT)"),
     ("strided", {"stride": 128, "block": 1}, "causal; last `stride` plus every `stride`-th (Sparse Transformer)"),
     ("fixed", {"stride": 128, "c": 8, "block": 1}, "causal; own group of `stride` plus last `c` of each earlier group"),
     ("dilated", {"segment": 2048, "rate": 1, "levels": 2, "growth": 2},

@@ -1,0 +1,162 @@
+"""Export one entry graph of an lcc program to ONNX with the lcc ops' translations.
+
+The entry graph is first copied and its lcc op nodes put into their ONNX form (or, when
+the backend has no lowering for a node, pointed at the op's reference so the export
+decomposes it into plain ONNX ops); it is then re-exported with ``torch.export`` (sequence
+length dynamic for prefill) and converted by ``torch.onnx.export`` with the
+``custom_translation_table`` of :mod:`lcc.backends.onnx.register`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import warnings
+
+import torch
+import torch.fx
+from torch.export import Dim
+
+from lcc.backends.onnx.register import BACKEND, translation_table
+from lcc.capture.program import copy_graph_module
+from lcc.ops import registry
+
+OPSET = 23
+
+
+def op_args(node: torch.fx.Node) -> dict:
+    """``{name: value}`` of every schema argument of an op node, defaults filled in."""
+    schema = node.target._schema
+    values = {}
+    for i, arg in enumerate(schema.arguments):
+        if i < len(node.args):
+            values[arg.name] = node.args[i]
+        elif arg.name in node.kwargs:
+            values[arg.name] = node.kwargs[arg.name]
+        else:
+            values[arg.name] = arg.default_value if arg.has_default_value() else None
+    return values
+
+
+def _reference_call(opdef: registry.OpDef):
+    names = [a.name for a in opdef.op._schema.arguments]
+    accepted = set(inspect.signature(opdef.reference).parameters)
+
+    def call(*args):
+        return opdef.reference(**{n: a for n, a in zip(names, args) if n in accepted})
+
+    call.__name__ = f"{opdef.name}_reference"
+    return call
+
+
+_NOOP_CASTS = (torch.ops.aten.to.dtype, torch.ops.aten.alias.default)
+
+
+def strip_noops(gm: torch.fx.GraphModule) -> int:
+    """Drop metadata asserts and same-dtype casts (a quarter of a captured graph; they slow the export)."""
+    removed = 0
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function":
+            continue
+        if node.target == torch.ops.aten._assert_tensor_metadata.default and not node.users:
+            gm.graph.erase_node(node)
+            removed += 1
+        elif node.target in _NOOP_CASTS and isinstance(node.args[0], torch.fx.Node):
+            src, val = node.args[0].meta.get("val"), node.meta.get("val")
+            if isinstance(src, torch.Tensor) and isinstance(val, torch.Tensor) and src.dtype == val.dtype:
+                node.replace_all_uses_with(node.args[0])
+                gm.graph.erase_node(node)
+                removed += 1
+    return removed
+
+
+def prepare_graph(gm: torch.fx.GraphModule, capacity: int) -> tuple[torch.fx.GraphModule, list[dict]]:
+    """A copy of ``gm`` ready for export, and per lcc node how it is lowered (``native`` or ``fallback``)."""
+    gm = copy_graph_module(gm)
+    strip_noops(gm)
+    by_op = {opdef.op: opdef for opdef in registry.ops().values()}
+    lowered = []
+    for node in list(gm.graph.nodes):
+        opdef = by_op.get(node.target) if node.op == "call_function" else None
+        if opdef is None:
+            continue
+        lowering = opdef.lowerings.get(BACKEND)
+        args = op_args(node)
+        why = "no onnx lowering" if lowering is None else lowering.unsupported(args)
+        record = {"op": opdef.name, "node": node.name, "layer": node.meta.get("lcc_layer")}
+        if why:
+            node.target, node.args, node.kwargs = _reference_call(opdef), tuple(args.values()), {}
+            lowered.append({**record, "fallback": True, "how": f"reference decomposition: {why}"})
+            continue
+        how = lowering.prepare(node, args, capacity) if lowering.prepare else lowering.how
+        lowered.append({**record, "fallback": False, "how": how})
+    gm.graph.lint()
+    gm.recompile()
+    return gm, lowered
+
+
+def io_names(entry: str, layout) -> tuple[list[str], list[str]]:
+    """ONNX input and output names of an entry; a plain cache is named as onnxruntime-genai names it."""
+    if layout.tensors:
+        cache_in = [f"past.{name}" for name, _, _ in layout.tensors]
+        cache_out = [f"present.{name}" for name, _, _ in layout.tensors]
+    else:
+        cache_in = [f"past_key_values.{i}.{kv}" for i in range(layout.layers) for kv in ("key", "value")]
+        cache_out = [f"present.{i}.{kv}" for i in range(layout.layers) for kv in ("key", "value")]
+    inputs = ["input_ids"] + (["position"] if entry == "decode" else []) + cache_in
+    return inputs, ["logits"] + cache_out
+
+
+def example_args(entry: str, layout) -> tuple[tuple, tuple | None]:
+    cache = layout.empty()
+    if entry == "decode":
+        return (torch.zeros(layout.batch, 1, dtype=torch.long), torch.tensor(0), *cache), None
+    seq = Dim("sequence_length", min=2, max=layout.capacity)
+    ids = torch.zeros(layout.batch, min(8, layout.capacity), dtype=torch.long)
+    return (ids, *cache), ({1: seq}, *[None] * len(cache))
+
+
+def export_entry(gm: torch.fx.GraphModule, layout, entry: str):
+    """(``onnx_ir`` model of a program entry, per lcc node how it was lowered)."""
+    args, shapes = example_args(entry, layout)
+    inputs, outputs = io_names(entry, layout)
+    return export_graph(gm, args, shapes, inputs, outputs, layout.capacity)
+
+
+def export_graph(gm: torch.fx.GraphModule, args: tuple, dynamic_shapes, input_names: list[str],
+                 output_names: list[str], capacity: int):
+    """(``onnx_ir`` model of any graph calling lcc ops, per lcc node how it was lowered).
+
+    ``capacity`` bounds the positions a mask is checked over (rows that see no key).
+    """
+    gm, lowered = prepare_graph(gm, capacity)
+    with torch.no_grad():
+        ep = torch.export.export(gm, args, dynamic_shapes=dynamic_shapes, strict=False)
+    quiet = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # "torchvision is not installed" on every export
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            onnx_program = torch.onnx.export(ep, opset_version=OPSET, dynamo=True, input_names=input_names,
+                                             output_names=output_names, custom_translation_table=translation_table(),
+                                             optimize=False, verbose=False)
+    finally:
+        quiet.setLevel(level)
+    model = onnx_program.model
+    light_optimize(model)
+    return model, lowered
+
+
+def light_optimize(model) -> None:
+    """Constant folding and onnxscript's opset-23 fusions (RMSNormalization), without its pattern rewriter.
+
+    ``torch.onnx.export(optimize=True)`` also runs onnxscript's general rewrite rules, whose
+    matcher takes ~40 s on a 30-layer model; onnxruntime's own optimiser does that work later.
+    """
+    import onnxscript.optimizer as optimizer
+    from onnxscript.rewriter import onnx_fusions
+
+    optimizer.fold_constants(model, onnx_shape_inference=False)
+    onnx_fusions.fuse(model)
+    optimizer.remove_unused_nodes(model)

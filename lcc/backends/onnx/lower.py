@@ -1,0 +1,210 @@
+"""Lower an lcc program to ONNX: ``prefill.onnx``, ``decode.onnx``, shared ``weights.bin``, ``onnx.json``.
+
+Steps: export each entry with the lcc ops' translations (:mod:`.export`); where the cache
+layout is onnxruntime-genai's, compose its ``model.onnx`` from the two (:mod:`.genai`);
+apply onnxruntime's graph optimisations and save the optimised graphs (:mod:`.optimize`);
+store each distinct weight once (:mod:`.weights`).  Everything is written to a temporary
+directory beside ``out_dir`` and renamed into place, so ``out_dir`` never holds a half
+artifact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+from lcc.backends.onnx import genai as genai_model
+from lcc.backends.onnx.export import OPSET, export_entry, io_names
+from lcc.backends.onnx.optimize import optimize_model
+from lcc.backends.onnx.register import LOWERINGS
+from lcc.backends.onnx.weights import WEIGHTS, share_weights
+
+MANIFEST = "onnx.json"
+ENTRIES = ("prefill", "decode")
+
+
+def _versions() -> dict:
+    import onnx
+    import onnxruntime
+    import torch
+
+    out = {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
+    try:
+        import onnxruntime_genai
+
+        out["onnxruntime_genai"] = onnxruntime_genai.__version__
+    except ImportError:
+        pass
+    return out
+
+
+def _install(tmp: Path, out: Path) -> None:
+    """Move the finished ``tmp`` to ``out``: a rename; an existing ``out`` is swapped out, then removed."""
+    if out.is_dir() and not any(out.iterdir()):
+        out.rmdir()
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+
+
+def _save_raw(model, path: Path) -> None:
+    import onnx_ir as ir
+
+    ir.save(model, path, external_data=path.name + ".data", size_threshold_bytes=1024)
+
+
+def lower(program, out_dir, optimize: bool = True, genai: bool | None = None, tokenizer=None,
+          entries: Sequence[str] = ENTRIES, progress: Callable[[str], None] | None = None) -> dict:
+    """Write the ONNX artifact of ``program`` to ``out_dir``; returns its manifest (also ``onnx.json``).
+
+    ``optimize``: save onnxruntime's ``ORT_ENABLE_EXTENDED`` graphs (else the exported ones).
+    ``genai``: also write onnxruntime-genai's ``model.onnx`` + ``genai_config.json`` (default:
+    when the cache layout allows); ``tokenizer`` supplies its token ids and tokenizer files.
+    """
+    step = progress or (lambda _: None)
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would become the artifact's mode
+    try:
+        manifest = _lower_into(program, tmp, optimize, genai, tokenizer, entries, step)
+        _install(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return manifest
+
+
+def _lower_into(program, tmp: Path, optimize, genai, tokenizer, entries, step) -> dict:
+    layout = program.cache
+    raw = tmp / "raw"
+    raw.mkdir()
+    t0 = time.perf_counter()
+    step(f"export {', '.join(entries)}")
+    nodes = _export_entries(program, raw, list(entries))
+    timings = {"export_s": round(time.perf_counter() - t0, 2)}
+    files = {name: f"{name}.onnx" for name in entries}
+    why_not_genai = genai_model.unsupported(layout) if set(ENTRIES) <= set(entries) else "needs prefill and decode"
+    if genai is False:
+        why_not_genai = "not requested"
+    elif genai and why_not_genai:
+        raise ValueError(f"no onnxruntime-genai model: {why_not_genai}")
+    if why_not_genai is None:
+        step("compose genai model")
+        genai_model.compose(raw / "prefill.onnx", raw / "decode.onnx", raw / genai_model.MODEL, layout.layers)
+        files["genai"] = genai_model.MODEL
+    for key, file in files.items():
+        t0 = time.perf_counter()
+        if optimize:
+            step(f"optimize {key}")
+            optimize_model(raw / file, tmp / file)
+        else:
+            _copy_model(raw / file, tmp / file)
+        timings[f"optimize {key}_s"] = round(time.perf_counter() - t0, 2)
+    step("weights")
+    weights = share_weights([tmp / f for f in files.values()], tmp)
+    shutil.rmtree(raw)
+    genai_info = {"skipped": why_not_genai}
+    if why_not_genai is None:
+        ids = genai_model.token_ids(tokenizer) or program.meta.get("token_ids", {})
+        genai_model.write_config(tmp, program, ids)
+        genai_info = {"model": genai_model.MODEL, "config": genai_model.CONFIG,
+                      "eos_token_id": ids.get("eos_token_id")}
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+    manifest = _manifest(program, files, nodes, weights, genai_info, optimize, timings)
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def _export_one(program, name: str, raw: Path) -> list[dict]:
+    model, nodes = export_entry(program.entries[name], program.cache, name)
+    _save_raw(model, raw / f"{name}.onnx")
+    return nodes
+
+
+def _export_in_child(program, name: str, raw: Path) -> None:
+    """Body of a forked exporter: results and errors go to files; never returns (``os._exit``)."""
+    code = 1
+    try:
+        nodes = _export_one(program, name, raw)
+        (raw / f"{name}.nodes.json").write_text(json.dumps(nodes))
+        code = 0
+    except BaseException:  # reported to the parent through the file
+        import traceback
+
+        (raw / f"{name}.error").write_text(traceback.format_exc())
+    finally:
+        os._exit(code)
+
+
+def _export_entries(program, raw: Path, entries: list[str]) -> dict[str, list[dict]]:
+    """Export every entry; on a multi-core machine with ``fork`` all but the first in child processes.
+
+    The exporter is single-threaded Python (``torch.export`` + decompositions, ~1 min per entry of a
+    30-layer model), so the entries export side by side in forked copies of this process.
+    """
+    import multiprocessing as mp
+
+    parallel = len(entries) > 1 and (os.cpu_count() or 1) > 1 and "fork" in mp.get_all_start_methods() \
+        and os.environ.get("LCC_ONNX_PARALLEL", "1") != "0"
+    if not parallel:
+        return {name: _export_one(program, name, raw) for name in entries}
+    ctx = mp.get_context("fork")
+    children = {name: ctx.Process(target=_export_in_child, args=(program, name, raw), daemon=True)
+                for name in entries[1:]}
+    for child in children.values():
+        child.start()
+    try:
+        nodes = {entries[0]: _export_one(program, entries[0], raw)}
+    finally:
+        for child in children.values():
+            child.join()
+    for name, child in children.items():
+        error = raw / f"{name}.error"
+        if child.exitcode != 0:
+            detail = error.read_text() if error.exists() else f"exit code {child.exitcode}"
+            raise RuntimeError(f"exporting {name} failed:\n{detail}")
+        nodes[name] = json.loads((raw / f"{name}.nodes.json").read_text())
+    return {name: nodes[name] for name in entries}
+
+
+def _copy_model(src: Path, dst: Path) -> None:
+    import onnx
+
+    onnx.save_model(onnx.load(str(src)), str(dst), save_as_external_data=True, location=dst.name + ".data",
+                    size_threshold=1024)
+
+
+def _manifest(program, files, nodes, weights, genai_info, optimize, timings) -> dict:
+    layout = program.cache
+    entries = {}
+    for name in (e for e in ENTRIES if e in files):
+        inputs, outputs = io_names(name, layout)
+        entries[name] = {"file": files[name], "inputs": inputs, "outputs": outputs}
+    fallbacks = [{**n, "entry": e} for e, ns in nodes.items() for n in ns if n["fallback"]]
+    return {
+        "versions": _versions(),
+        "opset": OPSET,
+        "entries": entries,
+        "weights": WEIGHTS,
+        "weights_bytes": weights,
+        "cache": dict(layout.__dict__),
+        "optimized": "ORT_ENABLE_EXTENDED (CPU provider)" if optimize else None,
+        "native": {name: lowering.how for name, lowering in LOWERINGS.items()},
+        "nodes": {e: [{k: v for k, v in n.items()} for n in ns] for e, ns in nodes.items()},
+        "fallbacks": fallbacks,
+        "genai": genai_info,
+        "files": sorted([*files.values(), WEIGHTS, MANIFEST] + ([genai_model.CONFIG] if "model" in genai_info else [])),
+        "timings": timings,
+    }

@@ -1,0 +1,62 @@
+"""The ONNX lowerings of the lcc ops, registered with :func:`lcc.ops.registry.register_lowering`.
+
+A lowering is an onnxscript translation for ``torch.onnx.export``'s ``custom_translation_table``,
+a check that says when a node must instead run as the op's reference decomposition, and an
+optional FX rewrite (``prepare``) that puts a node into the form the translation expects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from lcc.backends.onnx.attention import attention_onnx, masked_attention_onnx, prepare as prepare_attention
+from lcc.backends.onnx.rope import rope_onnx, rope_unsupported
+from lcc.ops import registry
+
+BACKEND = "onnx"
+
+
+@dataclass(frozen=True)
+class OnnxLowering:
+    translate: Callable  # onnxscript (traced) function with the op's schema arguments
+    unsupported: Callable[[dict], str | None]  # schema args -> reason to fall back, or None
+    how: str
+    prepare: Callable | None = None  # (fx node, schema args, capacity) -> how this node is lowered
+
+    def __call__(self, *args, **kwargs):
+        return self.translate(*args, **kwargs)
+
+
+def _mask_unsupported(args: dict) -> str | None:
+    from lcc.ops.masks import MaskSpec
+
+    try:
+        MaskSpec.parse(args["mask"])
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+LOWERINGS = {
+    "attention": OnnxLowering(attention_onnx, _mask_unsupported,
+                              "com.microsoft GroupQueryAttention (prefill; bias for other masks); keys sliced to "
+                              "kv_len + grouped MatMul/Softmax with the mask predicate in the graph (decode)",
+                              prepare_attention),
+    "rope": OnnxLowering(rope_onnx, rope_unsupported, "opset-23 RotaryEmbedding, cos/sin of positions * inv_freq"),
+}
+
+for _name, _lowering in LOWERINGS.items():
+    registry.register_lowering(_name, BACKEND, _lowering)
+
+
+def translation_table() -> dict:
+    """``custom_translation_table`` for ``torch.onnx.export``: every op with an onnx lowering, plus helpers."""
+    table = {torch.ops.lcc_onnx.masked_attention.default: masked_attention_onnx}
+    for opdef in registry.ops().values():
+        lowering = opdef.lowerings.get(BACKEND)
+        if lowering is not None:
+            table[opdef.op] = lowering.translate
+    return table

@@ -1,0 +1,327 @@
+"""Fused ReRoPE / Leaky ReRoPE flash attention in Triton (Su 2023), prefill and split-K decode.
+
+``lcc.rerope_attention`` takes q and k un-rotated.  Inside the window (r = p_i - j < w)
+the score is RoPE's, <rope(q, p_i), rope(k, j)>; outside it is <rope(q, w + f (p_i - w)),
+rope(k, f j)> (relative position w + f (r - w), f = leaky_factor).  For ReRoPE (f = 0)
+the out-of-window key is rope(k, 0) = k times the attention scaling on its rotary
+channels: q rotated to the fixed position w against the un-rotated cache.
+
+The rotations are an elementwise prologue with ``lcc.rope``'s own arithmetic (so they are
+bit-identical to the reference's): both q rotations, the in-window keys (all of them in
+prefill, only the window's tail in decode), and for Leaky ReRoPE every key at f j (so
+Leaky decode reads and writes the cache once more per step; ReRoPE decode does not, as
+its out-of-window keys are the cache itself).  An earlier version rotated in the kernel
+with libdevice sin/cos: 60-90 s to compile per variant and 2.4 MB cubins.  The
+attention itself is one pass with an online softmax (Triton tutorial 06) whose key
+tiles fall in three stages per query block:
+
+    [0, far)   every pair out of the window: one q.k against the un-rotated keys
+    [far, mid) the window's edge: both q.k products, selected pair by pair
+    [mid, hi)  every pair inside the window (and the causal diagonal): one q.k
+
+so only the BLOCK_M + BLOCK_N keys at the edge pay two products.  Decode (Sq = 1) has one
+position, so its keys split cleanly in two; it packs the GQA group's query heads into the
+rows of a program and splits the keys across programs (flash decoding), the partials
+merged by :func:`lcc.backends.triton.decode._decode_merge`.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from lcc.backends.triton.decode import _decode_merge, num_splits
+from lcc.backends.triton.interpret import check_device, is_interpreted
+from lcc.ops import registry
+from lcc.ops.masks import MaskSpec
+from lcc.ops.rerope import IMPLEMENTATIONS, query_positions, rectified_positions, rerope_reference
+from lcc.ops.rope import rope_reference
+
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _attend(q_in, q_out, q_pos, ki_base, ko_base, v_base, ki_off, lo, hi, m_i, l_i, acc,
+            stride_kin, stride_kon, stride_vn, offs_d, offs_dv, window, attn_scale, qk_scale,
+            MODE: tl.constexpr, SCALE_K: tl.constexpr, R: tl.constexpr, D: tl.constexpr, DV: tl.constexpr,
+            BLOCK_N: tl.constexpr, PREC: tl.constexpr):
+    """Online-softmax update of (m_i, l_i, acc) with keys lo..hi-1.
+
+    MODE 0: out-of-window score only; 1: both, selected per pair; 2: in-window score only.
+    ``ki_base`` holds the in-window (rotated) keys from position ``ki_off`` on.
+    """
+    for start in range(lo, hi, BLOCK_N):
+        offs_n = start + tl.arange(0, BLOCK_N)
+        kv_ok = offs_n < hi
+        v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_dv[None, :],
+                    mask=kv_ok[:, None] & (offs_dv[None, :] < DV), other=0.0).to(q_in.dtype)
+        if MODE != 0:
+            k_in = tl.load(ki_base + (offs_n - ki_off)[None, :] * stride_kin + offs_d[:, None],
+                           mask=kv_ok[None, :] & (offs_d[:, None] < D), other=0.0)
+            s_in = tl.dot(q_in, k_in.to(q_in.dtype), input_precision=PREC)
+        if MODE != 2:
+            k_out = tl.load(ko_base + offs_n[None, :] * stride_kon + offs_d[:, None],
+                            mask=kv_ok[None, :] & (offs_d[:, None] < D), other=0.0)
+            if SCALE_K:  # rope(k, 0): cos = attention scaling, sin = 0 on the rotary channels
+                k_out = k_out.to(tl.float32)  # (the interpreter cannot do arithmetic on bf16 directly)
+                k_out = tl.where(offs_d[:, None] < R, k_out * attn_scale, k_out)
+            s_out = tl.dot(q_out, k_out.to(q_out.dtype), input_precision=PREC)
+        if MODE == 0:
+            qk = s_out
+        elif MODE == 2:
+            qk = s_in
+        else:
+            qk = tl.where(q_pos[:, None] - offs_n[None, :] < window, s_in, s_out)
+        keep = kv_ok[None, :]
+        if MODE != 0:  # the causal diagonal lies in these stages
+            keep = keep & (offs_n[None, :] <= q_pos[:, None])
+        qk = tl.where(keep, qk * qk_scale, float("-inf"))
+        m_ij = tl.maximum(m_i, tl.max(qk, 1))
+        m_ij = tl.where(m_ij == float("-inf"), 0.0, m_ij)  # a row with nothing kept yet
+        p = tl.math.exp2(qk - m_ij[:, None])
+        alpha = tl.math.exp2(m_i - m_ij)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PREC)
+        m_i = m_ij
+    return m_i, l_i, acc
+
+
+@triton.jit
+def _rerope_fwd(QI, QO, KI, KO, V, O, KI_OFF, Q_POS, KV_LEN,
+                stride_qb, stride_qh, stride_qm, stride_kib, stride_kih, stride_kin,
+                stride_kob, stride_koh, stride_kon, stride_vb, stride_vh, stride_vn,
+                stride_ob, stride_oh, stride_om, stride_pb,
+                H, GROUP, SQ, window, attn_scale, qk_scale,
+                SCALE_K: tl.constexpr, R: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                D: tl.constexpr, DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+                PREC: tl.constexpr, UPCAST: tl.constexpr):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    hk = h // GROUP
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    row_ok = offs_m < SQ
+    q_off = b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :]
+    q_mask = row_ok[:, None] & (offs_d[None, :] < D)
+    q_in = tl.load(QI + q_off, mask=q_mask, other=0.0)
+    q_out = tl.load(QO + q_off, mask=q_mask, other=0.0)
+    if UPCAST:  # Triton's interpreter multiplies bf16 raw bits in tl.dot; only the interpreter sets this
+        q_in = q_in.to(tl.float32)
+        q_out = q_out.to(tl.float32)
+    q_pos = tl.load(Q_POS + b * stride_pb + offs_m, mask=row_ok, other=0)
+    kv_len = tl.load(KV_LEN + b)
+    q_lo = tl.min(tl.where(row_ok, q_pos, 2147483647), 0)
+    q_hi = tl.max(tl.where(row_ok, q_pos, -1), 0)
+    hi = tl.maximum(tl.minimum(kv_len, q_hi + 1), 0)
+    far = tl.minimum(tl.maximum(q_lo - window + 1, 0) // BLOCK_N * BLOCK_N, hi)  # keys < far: r >= w in every row
+    mid = tl.minimum(far + tl.cdiv(tl.maximum(q_hi - window + 1 - far, 0), BLOCK_N) * BLOCK_N, hi)  # >= mid: r < w
+
+    ki_base = KI + b.to(tl.int64) * stride_kib + hk.to(tl.int64) * stride_kih
+    ko_base = KO + b.to(tl.int64) * stride_kob + hk.to(tl.int64) * stride_koh
+    v_base = V + b.to(tl.int64) * stride_vb + hk.to(tl.int64) * stride_vh
+    ki_off = tl.load(KI_OFF + b)
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
+    m_i, l_i, acc = _attend(q_in, q_out, q_pos, ki_base, ko_base, v_base, ki_off, 0, far, m_i, l_i, acc,
+                            stride_kin, stride_kon, stride_vn, offs_d, offs_dv, window, attn_scale, qk_scale,
+                            0, SCALE_K, R, D, DV, BLOCK_N, PREC)
+    m_i, l_i, acc = _attend(q_in, q_out, q_pos, ki_base, ko_base, v_base, ki_off, far, mid, m_i, l_i, acc,
+                            stride_kin, stride_kon, stride_vn, offs_d, offs_dv, window, attn_scale, qk_scale,
+                            1, SCALE_K, R, D, DV, BLOCK_N, PREC)
+    m_i, l_i, acc = _attend(q_in, q_out, q_pos, ki_base, ko_base, v_base, ki_off, mid, hi, m_i, l_i, acc,
+                            stride_kin, stride_kon, stride_vn, offs_d, offs_dv, window, attn_scale, qk_scale,
+                            2, SCALE_K, R, D, DV, BLOCK_N, PREC)
+    out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]  # rows that keep no key give 0, as the reference
+    o_base = O + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh
+    tl.store(o_base + offs_m[:, None] * stride_om + offs_dv[None, :], out.to(O.dtype.element_ty),
+             mask=row_ok[:, None] & (offs_dv[None, :] < DV))
+
+
+@triton.jit
+def _rerope_decode_split(QI, QO, KI, KO, V, KI_OFF, Q_POS, KV_LEN, MID_O, MID_LSE,
+                         stride_qb, stride_qh, stride_kib, stride_kih, stride_kin, stride_kob, stride_koh, stride_kon,
+                         stride_vb, stride_vh, stride_vn, stride_pb, HKV, GROUP, SPLITS, window, attn_scale, qk_scale,
+                         SCALE_K: tl.constexpr, R: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr,
+                         D: tl.constexpr, DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+                         PREC: tl.constexpr, UPCAST: tl.constexpr):
+    split = tl.program_id(0)
+    pid = tl.program_id(1)
+    b = pid // HKV
+    hk = pid % HKV
+    offs_g = tl.arange(0, BLOCK_G)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    row_ok = offs_g < GROUP
+    heads = hk * GROUP + offs_g
+    q_off = b.to(tl.int64) * stride_qb + heads[:, None] * stride_qh + offs_d[None, :]
+    q_mask = row_ok[:, None] & (offs_d[None, :] < D)
+    q_in = tl.load(QI + q_off, mask=q_mask, other=0.0)
+    q_out = tl.load(QO + q_off, mask=q_mask, other=0.0)
+    if UPCAST:
+        q_in = q_in.to(tl.float32)
+        q_out = q_out.to(tl.float32)
+    pos = tl.load(Q_POS + b * stride_pb)
+    q_pos = tl.zeros([BLOCK_G], dtype=tl.int32) + pos
+    kv_len = tl.load(KV_LEN + b)
+    hi = tl.maximum(tl.minimum(kv_len, pos + 1), 0)
+    chunk = tl.cdiv(tl.cdiv(hi, SPLITS), BLOCK_N) * BLOCK_N
+    start = split * chunk
+    end = tl.minimum(start + chunk, hi)
+    far = tl.minimum(tl.maximum(pos - window + 1, start), end)  # one position: keys < far are all out of the window
+    ki_base = KI + b.to(tl.int64) * stride_kib + hk.to(tl.int64) * stride_kih
+    ko_base = KO + b.to(tl.int64) * stride_kob + hk.to(tl.int64) * stride_koh
+    v_base = V + b.to(tl.int64) * stride_vb + hk.to(tl.int64) * stride_vh
+    ki_off = tl.load(KI_OFF + b)
+    m_i = tl.full([BLOCK_G], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_G], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_G, BLOCK_DV], dtype=tl.float32)
+    m_i, l_i, acc = _attend(q_in, q_out, q_pos, ki_base, ko_base, v_base, ki_off, start, far, m_i, l_i, acc,
+                            stride_kin, stride_kon, stride_vn, offs_d, offs_dv, window, attn_scale, qk_scale,
+                            0, SCALE_K, R, D, DV, BLOCK_N, PREC)
+    m_i, l_i, acc = _attend(q_in, q_out, q_pos, ki_base, ko_base, v_base, ki_off, far, end, m_i, l_i, acc,
+                            stride_kin, stride_kon, stride_vn, offs_d, offs_dv, window, attn_scale, qk_scale,
+                            2, SCALE_K, R, D, DV, BLOCK_N, PREC)
+    row = (b * HKV * GROUP + heads) * SPLITS + split
+    out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
+    lse = tl.where(l_i == 0.0, float("-inf"), m_i + tl.math.log2(tl.where(l_i == 0.0, 1.0, l_i)))
+    tl.store(MID_O + row[:, None] * DV + offs_dv[None, :], out, mask=row_ok[:, None] & (offs_dv[None, :] < DV))
+    tl.store(MID_LSE + row, lse, mask=row_ok)
+
+
+KERNELS = (_rerope_fwd, _rerope_decode_split)
+
+
+def config(head_dim: int, dtype: torch.dtype, q_len: int) -> dict:
+    """Block sizes: a tile holds two q blocks (q rotated both ways), so BLOCK_M is half of plain flash's."""
+    if head_dim <= 64:
+        cfg = dict(block_m=64, block_n=64, num_warps=4, num_stages=3)
+    elif head_dim <= 128:
+        cfg = dict(block_m=64, block_n=64, num_warps=4, num_stages=2)
+    else:
+        cfg = dict(block_m=32, block_n=32, num_warps=4, num_stages=2)
+    if dtype == torch.float32:
+        cfg["block_n"] = max(16, cfg["block_n"] // 2)
+    cfg["block_m"] = max(16, min(cfg["block_m"], triton.next_power_of_2(q_len)))
+    return cfg
+
+
+def _p2(n: int) -> int:
+    return max(16, triton.next_power_of_2(n))
+
+
+def rotate_inputs(q, k, q_pos, inv_freq, attention_scaling, window, leaky_factor, tail: bool):
+    """The prologue: (q_in, q_out, k_in, k_in_offset [B], k_out) with lcc.rope's arithmetic.
+
+    ``tail``: rotate only the keys a single query position can see inside the window,
+    gathered per sequence (k_in[b, :, t] is key ki_off[b] + t), as decode needs.
+    """
+    B, Sk = k.shape[0], k.shape[2]
+    q_rect, _ = rectified_positions(q_pos, window, leaky_factor)
+    q_in = rope_reference(q, q_pos, inv_freq, attention_scaling).contiguous()
+    q_out = rope_reference(q, q_rect, inv_freq, attention_scaling).contiguous()
+    if tail:
+        n = min(window, Sk)
+        ki_off = (q_pos[:, -1] - window + 1).clamp(min=0)
+        idx = ki_off[:, None] + torch.arange(n, device=k.device)
+        keys = k[torch.arange(B, device=k.device)[:, None], :, idx.clamp(max=Sk - 1)].transpose(1, 2)
+        k_in = rope_reference(keys, idx, inv_freq, attention_scaling)
+    else:
+        ki_off = torch.zeros(B, dtype=torch.long, device=k.device)
+        k_in = rope_reference(k, torch.arange(Sk, device=k.device).expand(B, Sk), inv_freq, attention_scaling)
+    k_out = k
+    if leaky_factor != 0.0:
+        k_pos = torch.arange(Sk, device=k.device).expand(B, Sk)
+        k_out = rope_reference(k, rectified_positions(k_pos, window, leaky_factor)[1], inv_freq, attention_scaling)
+    return q_in, q_out, k_in.contiguous(), ki_off.to(torch.int32), k_out
+
+
+def rerope_flash(q, k, v, positions=None, inv_freq=None, attention_scaling=1.0, kv_len=None, scale=None,
+                 window=512, leaky_factor=0.0, mask="causal", block_m=0, block_n=0, splits=0, num_warps=0,
+                 num_stages=0):
+    """``lcc.rerope_attention`` by the Triton kernels (causal): CUDA tensors compiled, CPU tensors interpreted."""
+    B, Hq, Sq, D = q.shape
+    Hkv, Sk, Dv = k.shape[1], k.shape[2], v.shape[3]
+    if MaskSpec.parse(mask).kind != "causal" or Hq % Hkv:
+        raise ValueError(f"the ReRoPE kernels take a causal mask and Hq % Hkv == 0, got {mask}, {Hq}/{Hkv}")
+    if 2 * inv_freq.shape[0] > D:
+        raise ValueError(f"rotary dim {2 * inv_freq.shape[0]} exceeds head dim {D}")
+    scale = D**-0.5 if scale is None else scale
+    window = int(window)
+    q_pos, n = query_positions(positions, kv_len, B, Sq, Sk, q.device)
+    q_in, q_out, k_in, ki_off, k_out = rotate_inputs(q, k, q_pos, inv_freq, attention_scaling, window,
+                                                     float(leaky_factor), tail=Sq == 1)
+    k_out, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (k_out, v))
+    q_pos, lens = q_pos.to(torch.int32).contiguous(), n.reshape(B).to(torch.int32).contiguous()
+    cfg = config(D, q.dtype, Sq)
+    common = dict(SCALE_K=leaky_factor == 0.0 and attention_scaling != 1.0, R=2 * inv_freq.shape[0], D=D, DV=Dv,
+                  BLOCK_D=_p2(D), BLOCK_DV=_p2(Dv), PREC="ieee" if q.dtype == torch.float32 else "tf32",
+                  UPCAST=is_interpreted(_rerope_fwd) and q.dtype == torch.bfloat16)
+    tensors = (q_in, q_out, k_in, k_out, v)
+    strides = (q_in.stride(0), q_in.stride(1), *k_in.stride()[:3], *k_out.stride()[:3], *v.stride()[:3])
+    scalars = (window, float(attention_scaling), scale * LOG2E)
+    check_device(_rerope_fwd, q)
+    if Sq == 1:
+        block_n = block_n or cfg["block_n"]
+        splits = splits or num_splits(B * Hkv, Sk, block_n, q.device)
+        mid_o = torch.empty(B, Hq, splits, Dv, dtype=torch.float32, device=q.device)
+        mid_lse = torch.empty(B, Hq, splits, dtype=torch.float32, device=q.device)
+        _rerope_decode_split[(splits, B * Hkv)](
+            *tensors, ki_off, q_pos, lens, mid_o, mid_lse, *strides, q_pos.stride(0), Hkv, Hq // Hkv, splits,
+            *scalars, BLOCK_G=_p2(Hq // Hkv), BLOCK_N=block_n, **common,
+            num_warps=num_warps or 4, num_stages=num_stages or 2)
+        o = q.new_empty(B, Hq, 1, Dv)
+        _decode_merge[(B * Hq,)](mid_o, mid_lse, o, splits, o.stride(0), o.stride(1), Hq,
+                                 BLOCK_S=_p2(splits), DV=Dv, BLOCK_DV=_p2(Dv), num_warps=4)
+        return o
+    bm, bn = block_m or cfg["block_m"], block_n or cfg["block_n"]
+    o = q.new_empty(B, Hq, Sq, Dv)
+    _rerope_fwd[(triton.cdiv(Sq, bm), B * Hq)](
+        *tensors, o, ki_off, q_pos, lens, strides[0], strides[1], q_in.stride(2), *strides[2:],
+        o.stride(0), o.stride(1), o.stride(2), q_pos.stride(0), Hq, Hq // Hkv, Sq, *scalars,
+        BLOCK_M=bm, BLOCK_N=bn, **common,
+        num_warps=num_warps or cfg["num_warps"], num_stages=num_stages or cfg["num_stages"])
+    return o
+
+
+def aot_variants(full: bool = False) -> list:
+    """:class:`lcc.backends.triton.aot.Variant` s of both kernels at the launcher's block sizes."""
+    from lcc.backends.triton.aot import _TY, Variant
+
+    out = []
+    for dtype in (list(_TY) if full else [torch.bfloat16]):
+        t = _TY[dtype]
+        for d in ((64, 128, 256) if full else (128,)):
+            cfg = config(d, dtype, 4096)
+            for scale_k in (False, True):
+                name = f"[{t},d={d}{',scale_k' if scale_k else ''}]"
+                consts = dict(SCALE_K=scale_k, R=d, D=d, DV=d, BLOCK_D=_p2(d), BLOCK_DV=_p2(d),
+                              PREC="ieee" if dtype == torch.float32 else "tf32", UPCAST=False)
+                ptrs = {"QI": t, "QO": t, "KI": t, "KO": t, "V": t, "KI_OFF": "i32", "Q_POS": "i32", "KV_LEN": "i32"}
+                out.append(Variant("rerope_fwd" + name, _rerope_fwd, {**ptrs, "O": t},
+                                   dict(BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"], **consts),
+                                   floats=("attn_scale", "qk_scale"),
+                                   options=dict(num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])))
+                out.append(Variant("rerope_decode_split" + name, _rerope_decode_split,
+                                   {**ptrs, "MID_O": "fp32", "MID_LSE": "fp32"},
+                                   dict(BLOCK_G=16, BLOCK_N=cfg["block_n"], **consts),
+                                   floats=("attn_scale", "qk_scale"), options=dict(num_warps=4, num_stages=2)))
+    return out
+
+
+def _impl(q, k, v, positions, inv_freq, attention_scaling, kv_len, scale, window, leaky_factor, mask):
+    """The op on CUDA: the kernels for causal masks, the reference for the rest."""
+    if MaskSpec.parse(mask).kind != "causal":
+        return rerope_reference(q, k, v, positions, inv_freq, attention_scaling, kv_len, scale, window,
+                                leaky_factor, mask)
+    return rerope_flash(q, k, v, positions, inv_freq, attention_scaling, kv_len, scale, window, leaky_factor)
+
+
+IMPLEMENTATIONS.update({("auto", "cuda"): _impl, ("flash", "cuda"): _impl})
+registry.register_lowering("rerope_attention", "triton", _impl)
+
+__all__ = ["rerope_flash", "rotate_inputs", "config", "aot_variants", "KERNELS"]

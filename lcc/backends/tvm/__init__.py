@@ -1,0 +1,79 @@
+"""The TVM backend: lcc programs imported into Relax, built for ``llvm`` (and ``cuda``), run on the Relax VM.
+
+Importing this package never fails: without ``apache-tvm`` it only sets ``AVAILABLE = False`` and
+``BACKEND.available()`` says why.  With it, ``lcc.attention`` and ``lcc.rope`` get Relax
+converters registered as their ``tvm`` lowerings (:mod:`lcc.backends.tvm.register`).
+
+- :func:`lower` ``(program, out_dir, target="llvm")``: build and save (``tvm.json``,
+  ``weights.safetensors``, ``model.<target>.so``); returns the manifest.
+- :class:`TvmProgram` ``(out_dir)``: load it back with the program's entry-point convention.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+try:
+    import tvm  # noqa: F401
+    from tvm.relax.frontend.torch import from_exported_program  # noqa: F401
+except ImportError as e:  # pragma: no cover - depends on the installation
+    AVAILABLE, _WHY = False, f"apache-tvm is not installed ({e}): pip install 'apache-tvm>=0.20'"
+else:
+    AVAILABLE, _WHY = True, None
+
+from lcc.backends import Lowered
+
+if AVAILABLE:
+    from lcc.backends.tvm import register  # noqa: F401  (registers the tvm lowerings)
+    from lcc.backends.tvm.lowering import lower  # noqa: F401
+    from lcc.backends.tvm.runner import TvmProgram  # noqa: F401
+
+CUDA_TARGET = "cuda -arch=sm_90"
+
+
+def cuda_unavailable() -> str | None:
+    """Why a ``cuda`` build cannot be compiled here (no CUDA codegen in TVM, no nvcc), or None."""
+    if not AVAILABLE:
+        return _WHY
+    import tvm
+
+    if tvm.get_global_func("target.build.cuda", allow_missing=True) is None:
+        return "this apache-tvm build has no CUDA codegen (target.build.cuda is missing; USE_CUDA=OFF)"
+    if shutil.which("nvcc") is None:
+        return "nvcc is not on PATH (TVM compiles CUDA C with nvcc)"
+    return None
+
+
+class TvmBackend:
+    """``lcc compile --backend tvm``: builds ``llvm``, plus ``cuda -arch=sm_90`` where nvcc and CUDA codegen exist."""
+
+    name = "tvm"
+
+    def __init__(self, targets: tuple[str, ...] | None = None):
+        self.targets = targets
+
+    def available(self) -> str | None:
+        return _WHY
+
+    def default_targets(self) -> list[str]:
+        if self.targets is not None:
+            return list(self.targets)
+        return ["llvm"] + ([CUDA_TARGET] if cuda_unavailable() is None else [])
+
+    def lower(self, program, out_dir, progress=None) -> Lowered:
+        manifest = lower(program, out_dir, target=self.default_targets(), progress=progress)
+        fallbacks = sorted({f["op"] for f in manifest["fallbacks"]})
+        notes = [f"{f['entry']}: {f['node']} ({f['op']}) runs as its {f['as']} decomposition: {f['why']}"
+                 for f in manifest["fallbacks"]]
+        notes += manifest["notes"]
+        notes += [f"tvm {manifest['tvm_version']}; built for {', '.join(manifest['libraries'])}; "
+                  f"timings {manifest['timings']}"]
+        fatbins = [k["file"] for kernels in manifest["cuda_kernels"].values() for k in kernels]
+        files = ["tvm.json", manifest["weights"], *manifest["libraries"].values(), *fatbins]
+        return Lowered(files, native=dict(manifest["native"]), fallbacks=fallbacks, notes=notes)
+
+    def load(self, out_dir, manifest: dict | None = None):
+        return TvmProgram(out_dir)
+
+
+BACKEND = TvmBackend()

@@ -1,0 +1,106 @@
+"""Measure this machine's profile: fp32 matmul FLOP/s, vector (elementwise) rate and copy bandwidth.
+
+The CPU is timed with torch at its current thread count, best of several repeats (the
+machine may be shared: the best run is the closest to what it can do); a CUDA device,
+when present, is timed the same way for float32, bfloat16 and float16 matmuls.  Profiles
+are written to ``~/.cache/lcc/profiles/{cpu,gpu}.toml``.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+
+import torch
+
+from lcc.cost.hardware import Profile, to_toml, user_dir
+
+
+def _best(fn, repeats: int, sync=lambda: None) -> float:
+    fn()
+    sync()
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        sync()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def _cpu_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def _cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
+def calibrate_cpu(quick: bool = False) -> Profile:
+    n = 1024 if quick else 2048
+    repeats = 3 if quick else 5
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    out = torch.empty(n, n)
+    t_mm = _best(lambda: torch.mm(a, b, out=out), repeats)
+    x = torch.randn(1 << 18)  # 1 MiB: cache resident, so this is the vector units' rate, not memory's
+    y = torch.empty_like(x)
+    reps = 20
+    t_vec = _best(lambda: [torch.exp(x, out=y) for _ in range(reps)], repeats) / reps
+    big = torch.ones((32 if quick else 128) << 20 >> 2)  # 32/128 MiB of float32: far past the caches
+    dst = torch.empty_like(big)
+    t_copy = _best(lambda: dst.copy_(big), repeats)
+    threads = torch.get_num_threads()
+    return Profile(
+        name="cpu", kind="cpu", description=f"{_cpu_name()}, {threads} torch threads",
+        memory_bytes=_cpu_memory(), bandwidth=2 * big.numel() * 4 / t_copy,
+        matmul={"float32": 2 * n**3 / t_mm}, vector={"float32": x.numel() / t_vec},
+        source="measured by lcc.cost.calibrate (torch.mm, torch.exp on a cache-resident tensor, Tensor.copy_)",
+        measured={"date": time.strftime("%Y-%m-%d"), "threads": threads, "torch": torch.__version__,
+                  "matmul_n": n})
+
+
+def calibrate_cuda(quick: bool = False) -> Profile:
+    dev = torch.device("cuda")
+    sync = torch.cuda.synchronize
+    n = 4096 if quick else 8192
+    matmul = {}
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        a = torch.randn(n, n, device=dev, dtype=dtype)
+        b = torch.randn(n, n, device=dev, dtype=dtype)
+        matmul[str(dtype).removeprefix("torch.")] = 2 * n**3 / _best(lambda: a @ b, 5, sync)
+        del a, b
+    x = torch.randn(1 << 26, device=dev)
+    y = torch.empty_like(x)
+    t_copy = _best(lambda: y.copy_(x), 10, sync)
+    t_vec = _best(lambda: torch.exp(x, out=y), 10, sync)
+    props = torch.cuda.get_device_properties(0)
+    return Profile(
+        name="gpu", kind="cuda", description=props.name, memory_bytes=int(props.total_memory),
+        bandwidth=2 * x.numel() * 4 / t_copy, matmul=matmul, vector={"float32": x.numel() / t_vec},
+        source="measured by lcc.cost.calibrate (torch matmul, torch.exp, Tensor.copy_ on the device)",
+        measured={"date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "matmul_n": n})
+
+
+def calibrate(save: bool = True, quick: bool = False) -> list[Profile]:
+    """Measure the CPU (and the CUDA device if there is one); save each as a profile; return them."""
+    profiles = [calibrate_cpu(quick)]
+    if torch.cuda.is_available():
+        profiles.append(calibrate_cuda(quick))
+    if save:
+        user_dir().mkdir(parents=True, exist_ok=True)
+        for p in profiles:
+            path = user_dir() / f"{p.name}.toml"
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(to_toml(p, f"measured on this machine by `lcc calibrate`; {p.description}"))
+            tmp.replace(path)
+    return profiles

@@ -1,0 +1,217 @@
+"""``lcc cost``, ``lcc plan`` and ``lcc calibrate``: plain typer-compatible functions (registered by lcc.cli).
+
+Input is checked before any slow work (loading, capture): an unknown device, a bad length,
+memory size, quality or pass is a :class:`lcc.errors.UsageError` with one line saying what
+would be right.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from lcc.errors import UsageError
+
+out = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True)
+
+_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4,
+          "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
+          "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4}
+_MEM_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+CHUNKED_PREFILL = 4096  # chunk size the cost table prices chunked prefill at
+
+
+def parse_memory(text: str) -> float:
+    """``80GB`` (10^9), ``80GiB`` or ``80G`` (2^30), ``512MiB``, or plain bytes."""
+    m = _MEM_RE.match(str(text))
+    unit = m.group(2).lower() if m else None
+    if not m or unit not in _UNITS or float(m.group(1)) <= 0:
+        raise UsageError(f"bad memory size {text!r}: use a positive number with a unit, e.g. 80GB, 24GiB, 512MiB")
+    return float(m.group(1)) * _UNITS[unit]
+
+
+def _profile(device: str):
+    from lcc.cost.hardware import load_profile
+
+    return load_profile(device)
+
+
+def _check_quality(quality: str) -> str:
+    from lcc.cost.planner import QUALITIES
+
+    if quality not in QUALITIES:
+        raise UsageError(f"unknown quality {quality!r}: use --quality exact, balanced or any")
+    return quality
+
+
+def _check_png(path: Optional[str]) -> None:
+    if path is not None and not path.endswith(".png"):
+        raise UsageError(f"--plot {path}: give a .png path")
+
+
+def _program(model: str):
+    from lcc.capture import capture
+    from lcc.cost.planner import CAPTURE_CAPACITY
+    from lcc.models import load_model
+    from lcc.passes import canonicalize
+
+    with err.status(f"loading and capturing {model}", spinner="dots"):
+        loaded = load_model(model)
+        return loaded, canonicalize(capture(loaded, CAPTURE_CAPACITY, entries=("prefill", "decode")))
+
+
+def _fmt(x, fn) -> str:
+    return "-" if x is None else fn(x)
+
+
+def _curve_lengths(top: int) -> list[int]:
+    n, out = 1024, []
+    while n < top:
+        out.append(n)
+        n *= 2
+    return out + [top]
+
+
+def cost(model: str = typer.Argument("smollm2-135m", help="preset, HF directory or .gguf file"),
+         lengths: str = typer.Option("4k,32k,128k", "--lengths", help="comma-separated lengths, e.g. 4k,32k,128k"),
+         passes: Optional[list[str]] = typer.Option(None, "--pass", "-p", help="NAME[:KEY=VALUE,...], repeatable"),
+         device: str = typer.Option("h100", "--device", help="hardware profile for times (see lcc calibrate)"),
+         plot: Optional[str] = typer.Option(None, "--plot", help="write memory and time vs length to this PNG"),
+         as_json: bool = typer.Option(False, "--json", help="print one JSON object")):
+    """Symbolic cost of the program: FLOPs, bytes, memory and roofline time as formulas of L, at each length."""
+    from lcc.cost.model import ATTENTION_ALGOS, program_cost
+    from lcc.cost.symbols import human_bytes, human_count, human_seconds, pretty
+    from lcc.lengths import format_length, parse_lengths
+    from lcc.passes import apply_passes, parse_pass
+
+    ns = parse_lengths(lengths)
+    specs = [parse_pass(p) for p in passes or []]
+    _check_png(plot)
+    profile = _profile(device)
+    loaded, base = _program(model)
+    program = apply_passes(base, specs)
+    pc = program_cost(program, profile.kind)
+    evs = [pc.evaluate(n, profile) for n in ns]
+    chunked = [pc.chunked_prefill(n, CHUNKED_PREFILL, profile) for n in ns]
+    ws = {algo: [pc.attention_working_sets(n, (algo,)).get(algo) for n in ns] for algo in ATTENTION_ALGOS}
+    formulas = pc.formulas()
+    formulas["activations_at_peak"] = pc.activation_formula(max(ns))
+    label = " + ".join(str(s) for s in specs) or "no passes"
+    if plot:
+        from lcc.cost.plot import plot_cost
+
+        curves = {label: [pc.evaluate(n, profile) for n in _curve_lengths(max(ns))]}
+        if specs:
+            bare = program_cost(base, profile.kind)
+            curves["no passes"] = [bare.evaluate(n, profile) for n in _curve_lengths(max(ns))]
+        plot_cost(curves, plot, f"{loaded.spec.model_id} on {profile.name}", 0.9 * profile.memory_bytes)
+    if as_json:
+        doc = {"model": loaded.spec.model_id, "device": profile.name, "passes": [str(s) for s in specs],
+               "formulas": {k: str(v) for k, v in formulas.items()},
+               "lengths": [e.to_dict() | {"chunked_prefill": c} for e, c in zip(evs, chunked)],
+               "attention_working_set": {a: dict(zip(map(str, ns), v)) for a, v in ws.items()},
+               "unpriced": sorted({op for e in pc.entries.values() for op in e.unpriced})}
+        print(json.dumps(doc, indent=2))
+        return
+    out.print(f"[bold]{loaded.spec.model_id}[/bold] ({label}) on {profile.name}: formulas in L "
+              "(sequence length; cache capacity = L)")
+    for name, expr in formulas.items():
+        out.print(f"  {name.replace('_', ' ')} = {pretty(expr)}")
+    table = Table(title=f"cost at each length on {profile.name}")
+    for col in ("length", "prefill FLOPs", "bytes moved", "weights", "KV cache", "activations", "peak memory",
+                "prefill time", "decode tok/s", f"chunked prefill ({format_length(CHUNKED_PREFILL)})"):
+        table.add_column(col, justify="right")
+    for e, c in zip(evs, chunked):
+        table.add_row(format_length(e.length), human_count(e.prefill_flops), human_bytes(e.prefill_bytes),
+                      human_bytes(e.weights), human_bytes(e.kv_cache), human_bytes(e.activations),
+                      human_bytes(e.memory), _fmt(e.prefill_time, human_seconds),
+                      _fmt(e.decode_tokens_per_s, lambda x: f"{x:.1f}"),
+                      f"{human_bytes(c['memory'])}, {_fmt(c['time'], human_seconds)}")
+    out.print(table)
+    wst = Table(title=f"attention working set of one layer ({profile.kind})")
+    wst.add_column("algo")
+    for n in ns:
+        wst.add_column(format_length(n), justify="right")
+    for algo, vals in ws.items():
+        wst.add_row(algo, *[_fmt(v, human_bytes) for v in vals])
+    out.print(wst)
+    unpriced = sorted({op for e in pc.entries.values() for op in e.unpriced})
+    if unpriced:
+        out.print(f"priced as elementwise (no cost rule): {', '.join(unpriced)}")
+
+
+def plan(model: str = typer.Argument("smollm2-135m", help="preset, HF directory or .gguf file"),
+         target_len: str = typer.Option("128k", "--target-len", help="context length to plan for, e.g. 128k"),
+         device: str = typer.Option("h100", "--device", help="hardware profile: h100, h200, a100-80gb, l40s, "
+                                    "rtx4090, cpu"),
+         memory: Optional[str] = typer.Option(None, "--memory", help="memory budget, e.g. 24GB or 16GiB "
+                                              "(default 90% of the device's)"),
+         quality: str = typer.Option("balanced", "--quality", help="exact, balanced or any"),
+         plot: Optional[str] = typer.Option(None, "--plot", help="write the candidates' cost curves to this PNG"),
+         as_json: bool = typer.Option(False, "--json", help='print {"chosen": {...}, "candidates": [...]}')):
+    """Rank candidate pass lists by predicted memory, time and quality risk; pick one (exit 1 if none fits)."""
+    from lcc.cost.planner import plan as make_plan
+    from lcc.cost.symbols import human_bytes, human_seconds
+    from lcc.lengths import format_length, parse_length
+
+    n = parse_length(target_len)
+    budget = parse_memory(memory) if memory is not None else None
+    _check_quality(quality)
+    _check_png(plot)
+    profile = _profile(device)
+    loaded, program = _program(model)
+    with err.status("pricing candidates", spinner="dots"):
+        result = make_plan(program, n, profile, budget, quality)
+    if plot:
+        from lcc.cost.model import program_cost
+        from lcc.cost.plot import plot_cost
+        from lcc.passes import apply_passes
+
+        curves = {}
+        for c in result.candidates:
+            if c.fits and c.error is None:
+                pc = program_cost(apply_passes(program, c.passes), profile.kind)
+                curves[" + ".join(c.passes) or "no passes"] = [pc.evaluate(x, profile) for x in _curve_lengths(n)]
+        plot_cost(curves, plot, f"{loaded.spec.model_id}: plan candidates on {profile.name}", result.memory_budget)
+    if as_json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        table = Table(title=f"{loaded.spec.model_id} at {format_length(n)} on {profile.name} "
+                            f"(budget {human_bytes(result.memory_budget)}, quality {quality})")
+        for col in ("", "passes", "memory", "prefill time", "decode tok/s", "risk", "fits"):
+            table.add_column(col)
+        for c in result.candidates:
+            mark = "*" if c is result.chosen else ""
+            table.add_row(mark, " + ".join(c.passes) or "(none)", _fmt(c.memory, human_bytes),
+                          _fmt(c.prefill_time, human_seconds), _fmt(c.decode_tokens_per_s, lambda x: f"{x:.1f}"),
+                          c.risk if c.error is None else f"error: {c.error}", "yes" if c.fits else "no")
+        out.print(table)
+        out.print(f"reason: {result.reason}")
+    if result.chosen is None:
+        raise typer.Exit(1)
+
+
+def calibrate(quick: bool = typer.Option(False, "--quick", help="smaller, faster measurements"),
+              as_json: bool = typer.Option(False, "--json", help="print JSON")):
+    """Measure this machine (CPU, and the CUDA GPU if any) and save the profiles for --device cpu / gpu."""
+    from lcc.cost.calibrate import calibrate as run
+    from lcc.cost.hardware import user_dir
+    from lcc.cost.symbols import human_bytes
+
+    with err.status("calibrating", spinner="dots"):
+        profiles = run(save=True, quick=quick)
+    if as_json:
+        print(json.dumps([p.to_dict() for p in profiles], indent=2))
+        return
+    for p in profiles:
+        flops = ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in p.matmul.items())
+        out.print(f"{p.name}: {p.description}; matmul {flops}; vector {p.vector['float32'] / 1e9:.2f} G/s; "
+                  f"bandwidth {p.bandwidth / 1e9:.1f} GB/s; memory {human_bytes(p.memory_bytes)} "
+                  f"-> {user_dir() / (p.name + '.toml')}")

@@ -1,0 +1,109 @@
+"""Cost rules for the lcc op vocabulary: each op's own cost function (``lcc.ops.registry``) bound to a node.
+
+``lcc.attention`` is priced per ``algo`` (:mod:`lcc.cost.attention`); every other lcc op
+through its ``OpDef.cost``, whose parameters are bound by name from the node: the shape
+roles of the vocabulary (``q``/``x`` [B, H, S, D], ``k`` [B, Hkv, Sk, D], ``v`` [.., Dv]),
+``R`` (rotated channels, 2 * len(inv_freq)), ``itemsize``, and any schema argument of the
+same name (``mask``, ``feature_map``...).  An op whose cost cannot be bound is priced as
+elementwise and reported as unpriced.  Ops with an unusual signature add a rule with
+:func:`lcc.cost.nodes.register_rule`.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import sympy
+
+from lcc.cost.attention import attention_node_cost
+from lcc.cost.nodes import Ctx, Kernel, NodeCost, RULES, elementwise, is_tensor_node, tensor_args
+from lcc.ops import registry
+
+
+def _schema_args(node) -> dict:
+    from lcc.passes.graph import full_args
+
+    names = [a.name for a in node.target._schema.arguments]
+    return dict(zip(names, full_args(node)))
+
+
+def attention_rule(node, ctx: Ctx) -> NodeCost:
+    a = _schema_args(node)
+    q, k, v = a["q"], a["k"], a["v"]
+    B, Hq, Sq, D = ctx.shape(q)
+    _, Hkv, Sk, _ = ctx.shape(k)
+    Dv = ctx.shape(v)[-1]
+    dtype = str(ctx.dtype(node)).removeprefix("torch.")
+    kernels, work = attention_node_cost(B, Hq, Hkv, Sq, ctx.keys(node, Sk), D, Dv, a["mask"], a["algo"],
+                                        ctx.device, ctx.itemsize(q), dtype)
+    return NodeCost(node.name, "", kernels=kernels, out_bytes=ctx.nbytes(node), work=work,
+                    note=f"{a['mask']} {a['algo']}")
+
+
+def _roles(node, ctx: Ctx, args: dict) -> dict:
+    """Shape-role values of the vocabulary's conventions, as far as the node has them."""
+    tensors = [t for t in tensor_args(node)]
+    roles: dict = {}
+    first = next((args[a] for a in ("q", "x") if is_tensor_node(args.get(a))), tensors[0] if tensors else None)
+    if first is not None and len(ctx.shape(first)) == 4:
+        B, H, S, D = ctx.shape(first)
+        roles.update(B=B, H=H, Hq=H, Hkv=H, S=S, Sq=S, Sk=S, D=D, Dv=D, itemsize=ctx.itemsize(first))
+    k = _first(args, "k", "k_parts", 0)
+    if k is not None and len(ctx.shape(k)) == 4:
+        _, Hkv, Sk, _ = ctx.shape(k)
+        roles.update(Hkv=Hkv, Sk=ctx.keys(node, Sk))
+    v = _first(args, "v", "v_parts", -1)
+    if v is not None:
+        roles["Dv"] = ctx.shape(v)[-1]
+    if "inv_freq" in args and is_tensor_node(args["inv_freq"]):
+        roles["R"] = 2 * ctx.shape(args["inv_freq"])[-1]
+    return roles
+
+
+def _first(args: dict, name: str, parts: str, index: int):
+    """The tensor ``name``, or element ``index`` of the tensor list ``parts`` (quantized caches)."""
+    if is_tensor_node(args.get(name)):
+        return args[name]
+    lst = args.get(parts)
+    if isinstance(lst, (list, tuple)) and lst and is_tensor_node(lst[index]):
+        return lst[index]
+    return None
+
+
+def generic_rule(node, ctx: Ctx) -> NodeCost:
+    """Call the op's declared cost function with parameters bound by name."""
+    name = str(node.target).split(".")[1]
+    opdef = registry.ops().get(name)
+    if opdef is None or opdef.cost is None:
+        cost = elementwise(node, ctx)
+        cost.note = "unpriced"
+        return cost
+    args = _schema_args(node)
+    roles = _roles(node, ctx, args)
+    kwargs = {}
+    for p in inspect.signature(opdef.cost).parameters.values():
+        if p.name in roles:
+            kwargs[p.name] = roles[p.name]
+        elif p.name in args and not is_tensor_node(args[p.name]):
+            kwargs[p.name] = args[p.name]
+        elif p.default is inspect.Parameter.empty:
+            cost = elementwise(node, ctx)
+            cost.note = f"unpriced: cannot bind {p.name!r} of {name}'s cost"
+            return cost
+    flops, moved, held = opdef.cost(**kwargs)
+    dtype = str(ctx.dtype(node)).removeprefix("torch.")
+    unit = "matmul" if "attention" in name else "vector"
+    return NodeCost(node.name, "", kernels=(Kernel(sympy.sympify(flops), sympy.sympify(moved), unit, dtype),),
+                    out_bytes=ctx.nbytes(node), work=sympy.sympify(held))
+
+
+def install() -> None:
+    """Price every declared lcc op: attention by algo, the rest through their own cost functions."""
+    for name in registry.ops():
+        RULES.setdefault(("lcc", name), generic_rule)
+    RULES[("lcc", "attention")] = attention_rule
+
+
+def rule_for_lcc(name: str):
+    install()
+    return RULES.get(("lcc", name), generic_rule)

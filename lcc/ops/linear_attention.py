@@ -1,0 +1,145 @@
+"""``lcc.linear_attention``: causal kernelized attention, linear in the sequence length.
+
+out_i = sum_{j<=i} phi(q_i).phi(k_j) v_j / (sum_{j<=i} phi(q_i).phi(k_j) + eps)
+(Katharopoulos et al. 2020, eq. 4-5).  Shapes as ``lcc.attention`` with Sq == Sk (self
+attention over one sequence): q [B, Hq, S, D], k [B, Hkv, S, D], v [B, Hkv, S, Dv], GQA
+head h reads kv head h // (Hq // Hkv).  ``feature_map`` is a spec string:
+
+- ``elu``: phi(x) = elu(x) + 1 (Katharopoulos et al. 2020, Sec. 3.2).
+- ``performer:features=M,seed=S``: FAVOR+ positive orthogonal random features
+  (Choromanski et al. 2021, Lemma 1 and Sec. 2.4), approximating softmax(q k^T / sqrt(D)).
+  The projection [M, D] is the ``projection`` input when given, else drawn
+  deterministically from ``seed`` (:func:`orthogonal_random_features`).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import sympy
+import torch
+
+from lcc.ops import registry
+
+
+def parse_feature_map(feature_map: str) -> tuple[str, dict[str, int]]:
+    name, _, rest = feature_map.partition(":")
+    params = {"features": 256, "seed": 0} if name == "performer" else {}
+    for item in filter(None, rest.split(",")):
+        key, _, val = item.partition("=")
+        if key not in params:
+            raise ValueError(f"bad feature map parameter {item!r} for {name}")
+        params[key] = int(val)
+    if name not in ("elu", "performer"):
+        raise ValueError(f"unknown feature map {feature_map!r}; known: elu, performer")
+    return name, params
+
+
+@functools.lru_cache(maxsize=16)
+def orthogonal_random_features(num_features: int, dim: int, seed: int = 0) -> torch.Tensor:
+    """[num_features, dim] rows orthogonal in blocks of ``dim``, norms chi(dim)-distributed (Performer ORF)."""
+    gen = torch.Generator().manual_seed(seed)
+    blocks = []
+    for _ in range(-(-num_features // dim)):
+        g = torch.randn(dim, dim, generator=gen, dtype=torch.float64)
+        blocks.append(torch.linalg.qr(g).Q.T)
+    w = torch.cat(blocks)[:num_features]
+    norms = torch.randn(num_features, dim, generator=gen, dtype=torch.float64).norm(dim=1, keepdim=True)
+    return (w * norms).float()
+
+
+def features(x: torch.Tensor, feature_map: str, projection: torch.Tensor | None, is_query: bool) -> torch.Tensor:
+    """phi(x) in fp32: [B, H, S, F] (F = D for elu, M for performer)."""
+    name, params = parse_feature_map(feature_map)
+    x = x.float()
+    if name == "elu":
+        return torch.nn.functional.elu(x) + 1
+    if projection is None:
+        projection = orthogonal_random_features(params["features"], x.shape[-1], params["seed"])
+    w = projection.to(device=x.device, dtype=torch.float32)
+    x = x * x.shape[-1] ** -0.25
+    wx = x @ w.T
+    sq = (x * x).sum(-1, keepdim=True) / 2
+    # stabilizer (Performer's softmax_kernel): a per-row max for queries cancels in the ratio;
+    # keys share one max per (batch, head), a constant that cancels too (up to eps)
+    stab = wx.amax(-1, keepdim=True) if is_query else wx.amax(dim=(-1, -2), keepdim=True)
+    return torch.exp(wx - sq - stab) / math.sqrt(w.shape[0])
+
+
+def _gqa(phi_k, v, groups):
+    return phi_k.repeat_interleave(groups, 1), v.float().repeat_interleave(groups, 1)
+
+
+def linear_attention_reference(q, k, v, feature_map="elu", projection=None, eps=1e-6):
+    """The oracle: the masked S x S kernel matrix at once, in fp32, cast to q's dtype."""
+    phi_q = features(q, feature_map, projection, True)
+    phi_k, vf = _gqa(features(k, feature_map, projection, False), v, q.shape[1] // k.shape[1])
+    a = (phi_q @ phi_k.transpose(-1, -2)).tril()
+    return ((a @ vf) / (a.sum(-1, keepdim=True) + eps)).to(q.dtype)
+
+
+def linear_attention_recurrent(q, k, v, feature_map="elu", projection=None, eps=1e-6):
+    """The same output by the RNN form (Katharopoulos et al. 2020, eq. 16-20): state S_i, normalizer z_i."""
+    phi_q = features(q, feature_map, projection, True)
+    phi_k, vf = _gqa(features(k, feature_map, projection, False), v, q.shape[1] // k.shape[1])
+    state = phi_q.new_zeros(*phi_q.shape[:2], phi_q.shape[-1], vf.shape[-1])
+    z = phi_q.new_zeros(*phi_q.shape[:2], phi_q.shape[-1])
+    out = []
+    for i in range(q.shape[2]):
+        state = state + phi_k[:, :, i, :, None] * vf[:, :, i, None, :]
+        z = z + phi_k[:, :, i]
+        num = (phi_q[:, :, i, :, None] * state).sum(-2)
+        out.append(num / ((phi_q[:, :, i] * z).sum(-1, keepdim=True) + eps))
+    return torch.stack(out, 2).to(q.dtype)
+
+
+# Implementations that ``algo`` can name on a device; backends add theirs (e.g. Triton on cuda).
+IMPLEMENTATIONS: dict[tuple[str, str], callable] = {}
+
+
+@torch.library.custom_op("lcc::linear_attention", mutates_args=())
+def linear_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    feature_map: str = "elu",
+    projection: torch.Tensor | None = None,
+    eps: float = 1e-6,
+    algo: str = "auto",
+) -> torch.Tensor:
+    impl = IMPLEMENTATIONS.get((algo, q.device.type))
+    if impl is not None:
+        return impl(q, k, v, feature_map, projection, eps)
+    return linear_attention_reference(q, k, v, feature_map, projection, eps)
+
+
+@linear_attention.register_fake
+def _(q, k, v, feature_map="elu", projection=None, eps=1e-6, algo="auto"):
+    torch._check(q.shape[1] % k.shape[1] == 0)
+    torch._check(q.shape[2] == k.shape[2])
+    return q.new_empty(q.shape[0], q.shape[1], q.shape[2], v.shape[3])
+
+
+def linear_attention_cost(B, Hq, Hkv, S, D, Dv, feature_map: str = "elu", itemsize: int = 4):
+    """FLOPs, bytes moved and bytes held (sympy), recurrent form: per token and head the state
+    update phi(k) v^T and the read phi(q)^T S cost 2*F*Dv each, the normalizer 2*F each;
+    Performer adds the projection, 2*D*F per q and k row."""
+    name, params = parse_feature_map(feature_map)
+    F = D if name == "elu" else params["features"]
+    S = sympy.sympify(S)
+    flops = B * Hq * S * (4 * F * Dv + 4 * F)
+    if name == "performer":
+        flops += 2 * D * F * B * S * (Hq + Hkv)
+    moved = itemsize * B * S * (Hq * D + Hkv * (D + Dv) + Hq * Dv)
+    held = 4 * B * Hq * F * (Dv + 1)  # the fp32 state and normalizer
+    return flops, moved, held
+
+
+registry.declare(registry.OpDef(
+    name="linear_attention",
+    op=torch.ops.lcc.linear_attention.default,
+    reference=linear_attention_reference,
+    cost=linear_attention_cost,
+    doc="causal phi(q) phi(k)^T v / normalizer; feature maps elu+1, Performer FAVOR+; GQA native",
+))

@@ -1,0 +1,38 @@
+"""Run the Triton kernels in Triton's interpreter on CPU, or compiled where CUDA is present.
+
+TRITON_INTERPRET=1 only takes effect if it is set before ``triton`` is imported (triton's
+own ``tl.sum``/``tl.max`` are jitted at import), so it is set here, at collection; if
+something imported triton earlier in this process the kernel tests skip with the reason.
+"""
+
+import os
+import sys
+
+import pytest
+import torch
+
+CUDA = torch.cuda.is_available()
+if not CUDA and "triton" not in sys.modules:
+    os.environ["TRITON_INTERPRET"] = "1"
+
+
+def _kernels_ready() -> str | None:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return "triton is not installed"
+    from lcc.backends.triton.attention import _attn_fwd
+    from lcc.backends.triton.interpret import is_interpreted
+
+    if CUDA or is_interpreted(_attn_fwd):
+        return None
+    return "no CUDA, and triton was imported before TRITON_INTERPRET=1 could be set; run this directory alone"
+
+
+@pytest.fixture(scope="session")
+def device():
+    """Where the kernels run here: 'cuda' (compiled) or 'cpu' (interpreted); skips when neither works."""
+    reason = _kernels_ready()
+    if reason:
+        pytest.skip(reason)
+    return "cuda" if CUDA else "cpu"

@@ -1,0 +1,33 @@
+"""Hardware profiles: the shipped datasheet profiles, errors for unknown devices, calibration round trip."""
+
+import pytest
+
+from lcc.cost.hardware import BUILTIN_DIR, load_profile
+from lcc.errors import UsageError
+
+BUILTINS = ("h100", "h200", "a100-80gb", "l40s", "rtx4090")
+
+
+@pytest.mark.parametrize("name", BUILTINS)
+def test_builtin_profiles_load_and_cite_a_source(name):
+    p = load_profile(name)
+    assert p.kind == "cuda" and p.memory_bytes > 16 * 2**30 and p.bandwidth > 5e11
+    assert p.peak_flops("matmul", "bfloat16") >= p.peak_flops("matmul", "float32")
+    text = (BUILTIN_DIR / f"{name}.toml").read_text()
+    assert "Source:" in text and "http" in text
+
+
+def test_unknown_device_is_a_usage_error_naming_the_devices():
+    with pytest.raises(UsageError, match="h100"):
+        load_profile("tpu-v9")
+
+
+def test_calibrate_writes_a_cpu_profile_that_load_profile_reads(tmp_path, monkeypatch):
+    from lcc.cost.calibrate import calibrate
+
+    monkeypatch.setenv("LCC_CACHE", str(tmp_path))
+    (cpu, *_) = calibrate(quick=True)
+    assert (tmp_path / "profiles" / "cpu.toml").is_file()
+    again = load_profile("cpu")
+    assert again.kind == "cpu" and again.matmul["float32"] == pytest.approx(cpu.matmul["float32"], rel=1e-5)
+    assert cpu.matmul["float32"] > 1e8 and cpu.bandwidth > 1e8 and cpu.memory_bytes > 2**30
