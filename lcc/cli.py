@@ -267,6 +267,20 @@ def eval_cmd(model: str = typer.Argument("smollm2-135m", help="preset, HF direct
     out.print(table)
 
 
+def _register_cost_commands() -> None:
+    """``lcc cost``, ``lcc plan``, ``lcc calibrate`` live with the cost model."""
+    try:
+        from lcc.cost import cli as cost_cli
+    except ImportError:
+        return
+    app.command("cost")(cost_cli.cost)
+    app.command("plan")(cost_cli.plan)
+    app.command("calibrate")(cost_cli.calibrate)
+
+
+_register_cost_commands()
+
+
 def _click_exceptions():
     """typer may vendor its own click; catch both."""
     mods = []
