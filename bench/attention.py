@@ -1,10 +1,13 @@
 """Benchmark lcc's Triton attention kernels against torch SDPA (flash, cuDNN) and FlexAttention.
 
 Prefill: forward time and TFLOP/s, B=1, H=32, D=128, bf16, causal, L = 4k..128k; sliding
-window 4096 at 128k; all in the same run.  Decode: one query against a 32k and a 128k
-cache (GQA 32/8), in GB/s of K/V read against the measured copy bandwidth.  FLOPs count
-4*D per kept (query, key) pair (``lcc.attention``'s cost model).  Prints a markdown table
-(and writes it with ``--out``); exits 0 with "skipped: no CUDA" where there is no GPU.
+window 4096 at 128k; each block-sparse pattern at 64k against FlexAttention built from the
+same predicate; all in the same run.  Decode: one query against a 32k and a 128k cache
+(GQA 32/8), in GB/s of K/V read against the GPU's HBM bandwidth (datasheet, from
+lcc's hardware profile) and the measured copy bandwidth.  FLOPs count 4*D per kept
+(query, key) pair (``lcc.attention``'s cost model).  Prints a markdown table plus the
+issue's targets as ratios (and writes both with ``--out``, a PNG beside it); exits 0 with
+"skipped: no CUDA" where there is no GPU.  About 5 minutes on an H100.
 
     python bench/attention.py [--lengths 4k,16k] [--out bench.md]
 """
@@ -12,12 +15,18 @@ cache (GQA 32/8), in GB/s of K/V read against the measured copy bandwidth.  FLOP
 from __future__ import annotations
 
 import argparse
+import datetime
+import os
 import sys
+import tempfile
 
 import torch
 
 B, H, HKV_DECODE, D = 1, 32, 8, 128
 DTYPE = torch.bfloat16
+# block-sparse patterns at --sparse-length: a few percent of the causal pairs each
+PATTERNS = ("block-local:block=512,blocks=4", "strided:stride=16,block=128", "fixed:stride=16,c=2,block=128",
+            "dilated:segment=4096,rate=1,levels=3,growth=4", "global-local:globals=128,window=4096,every=0")
 
 
 def parse_length(text: str) -> int:
@@ -54,9 +63,39 @@ def flex(mask_mod, L, Lk=None):
     """FlexAttention (compiled) with a block mask built from the same kind of predicate."""
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
-    block_mask = create_block_mask(mask_mod, None, None, L, Lk or L, device="cuda")
+    block_mask = create_block_mask(mask_mod, None, None, L, Lk or L, device="cuda", _compile=True)  # never L x L
     compiled = torch.compile(flex_attention, dynamic=False)
     return lambda q, k, v, **kw: compiled(q, k, v, block_mask=block_mask, **kw)
+
+
+def flex_mod(fn, fargs):
+    """A FlexAttention ``mask_mod`` from lcc's portable predicate (operators only, so it traces)."""
+    return lambda b, h, q_idx, kv_idx: fn(q_idx, kv_idx, *fargs)
+
+
+def sparse_rows(L):
+    """Each block-sparse pattern: lcc's block-skipping kernel against FlexAttention on the same predicate."""
+    from lcc.backends.triton.attention import flash_attention
+    from lcc.ops.attention import mask_pairs
+    from lcc.ops.sparse_masks import kernel_mod
+
+    rows = []
+    q, k, v = (torch.randn(B, H, L, D, device="cuda", dtype=DTYPE) for _ in range(3))
+    for mask in PATTERNS:
+        flops = 4 * D * B * H * int(mask_pairs(mask, L, L))
+        impls = {"lcc triton": lambda: flash_attention(q, k, v, None, D**-0.5, mask)}
+        try:
+            flex_fn = flex(flex_mod(*kernel_mod(mask)), L)
+            impls["flex attention"] = lambda: flex_fn(q, k, v)
+        except Exception as e:  # noqa: BLE001  (a baseline that cannot build its mask is reported as n/a)
+            print(f"  flex {mask}: {type(e).__name__}: {str(e).splitlines()[0][:100]}", file=sys.stderr)
+            rows.append((f"prefill {mask}", L, "flex attention", None, None, "TFLOP/s"))
+        for impl, run in impls.items():
+            ms = bench_ms(run)
+            rows.append((f"prefill {mask}", L, impl, ms, None if ms is None else flops / ms / 1e9, "TFLOP/s"))
+            print("  " + " | ".join(map(str, rows[-1])), file=sys.stderr, flush=True)
+    del q, k, v
+    return rows
 
 
 def prefill_rows(lengths, window):
@@ -88,8 +127,25 @@ def prefill_rows(lengths, window):
         for impl, fn in impls.items():
             ms = bench_ms(fn)
             rows.append((f"prefill {name}", L, impl, ms, None if ms is None else flops / ms / 1e9, "TFLOP/s"))
+            print("  " + " | ".join(map(str, rows[-1])), file=sys.stderr, flush=True)
         del q, k, v
     return rows
+
+
+def hbm_bandwidth_gbs() -> float | None:
+    """The GPU's datasheet memory bandwidth from lcc's hardware profiles, when one matches its name."""
+    name = torch.cuda.get_device_name().upper()
+    key = next((p for s, p in (("H200", "h200"), ("H100", "h100"), ("A100", "a100-80gb"), ("L40S", "l40s"),
+                               ("4090", "rtx4090")) if s in name), None)
+    if key is None or (key == "h100" and "PCIE" in name):  # the profile is the SXM part
+        return None
+    try:
+        from lcc.cost.hardware import load_profile
+
+        return load_profile(key, calibrate_missing=False).bandwidth / 1e9
+    except Exception as e:  # noqa: BLE001  (a bench still runs without the cost model)
+        print(f"  (no hardware profile {key}: {e})", file=sys.stderr)
+        return None
 
 
 def copy_bandwidth_gbs() -> float:
@@ -106,7 +162,10 @@ def decode_rows(caches, window):
     from lcc.backends.triton.decode import flash_decode
 
     peak = copy_bandwidth_gbs()
+    hbm = hbm_bandwidth_gbs()
     rows = [("copy bandwidth (reference)", 0, "torch copy_", None, peak, "GB/s")]
+    if hbm:
+        rows.append(("HBM bandwidth (datasheet)", 0, "-", None, hbm, "GB/s"))
     for L in caches:
         q = torch.randn(B, H, 1, D, device="cuda", dtype=DTYPE)
         k, v = (torch.randn(B, HKV_DECODE, L, D, device="cuda", dtype=DTYPE) for _ in range(2))
@@ -119,7 +178,9 @@ def decode_rows(caches, window):
         for impl, fn in impls.items():
             ms = bench_ms(fn)
             gbs = None if ms is None else moved / ms / 1e6
-            rows.append(("decode causal", L, impl, ms, gbs, f"GB/s ({100 * gbs / peak:.0f}% of copy)" if gbs else ""))
+            share = "" if not gbs else f"{100 * gbs / peak:.0f}% of copy" + (f", {100 * gbs / hbm:.0f}% of HBM"
+                                                                              if hbm else "")
+            rows.append(("decode causal", L, impl, ms, gbs, f"GB/s ({share})" if gbs else "GB/s"))
         ms = bench_ms(lambda: flash_decode(q, k, v, None, D**-0.5, f"sliding:window={window},sinks=4"))
         moved_w = 2 * min(L, window + 4) * HKV_DECODE * D * k.element_size()
         rows.append((f"decode sliding w={window}", L, "lcc triton decode", ms, None if ms is None else
@@ -136,12 +197,90 @@ def table(rows) -> str:
     return "\n".join(lines)
 
 
+def targets(rows, lengths, window) -> list[tuple[str, float | None, float]]:
+    """The issue's targets as (check, measured ratio, target): speed ratios are baseline ms / lcc ms."""
+    ms = {(case, L, impl): t for case, L, impl, t, _, _ in rows}
+    val = {(case, impl): v for case, _, impl, _, v, _ in rows}
+
+    def ratio(a, b):
+        return None if a is None or b is None else a / b
+
+    out = []
+    for L in lengths:
+        best = [t for t in (ms.get(("prefill causal", L, "sdpa flash")), ms.get(("prefill causal", L, "sdpa cudnn")))
+                if t is not None]
+        lcc_ms = ms.get(("prefill causal", L, "lcc triton"))
+        out.append((f"dense causal {L // 1024}k: fastest SDPA / lcc", ratio(min(best) if best else None, lcc_ms), 0.9))
+    L = max(lengths)
+    slide = ms.get((f"prefill sliding w={window}", L, "lcc triton"))
+    out.append((f"sliding w={window} {L // 1024}k: flex / lcc",
+                ratio(ms.get((f"prefill sliding w={window}", L, "flex attention")), slide), 1.0))
+    out.append((f"sliding w={window} {L // 1024}k: lcc dense causal / lcc sliding",
+                ratio(ms.get(("prefill causal", L, "lcc triton")), slide), 10.0))
+    for case, L, impl, t, _, _ in rows:
+        if case.startswith("prefill ") and case[8:] in PATTERNS and impl == "lcc triton":
+            out.append((f"{case[8:]} {L // 1024}k: flex / lcc", ratio(ms.get((case, L, "flex attention")), t), 1.0))
+    hbm = val.get(("HBM bandwidth (datasheet)", "-")) or val.get(("copy bandwidth (reference)", "torch copy_"))
+    for case, L, impl, t, gbs, _ in rows:
+        if case == "decode causal" and impl == "lcc triton decode":
+            out.append((f"decode {L // 1024}k: lcc GB/s / HBM GB/s", ratio(gbs, hbm), 0.7))
+    return out
+
+
+def target_table(checks) -> str:
+    lines = ["| target | measured | goal | met |", "|---|---:|---:|---|"]
+    for name, got, goal in checks:
+        lines.append(f"| {name} | {'n/a' if got is None else f'{got:.2f}x'} | >= {goal:g}x | "
+                     f"{'n/a' if got is None else ('yes' if got >= goal else 'no')} |")
+    return "\n".join(lines)
+
+
+def plot(checks, path: str, device: str) -> None:
+    """Each target's measured ratio against its goal (log scale)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [(n, g, t) for n, g, t in checks if g is not None]
+    fig, ax = plt.subplots(figsize=(9, 0.4 * len(shown) + 1.5))
+    ys = range(len(shown))
+    ax.barh(list(ys), [g for _, g, _ in shown], color=["tab:green" if g >= t else "tab:red" for _, g, t in shown])
+    ax.scatter([t for _, _, t in shown], list(ys), marker="|", s=300, color="black", label="goal", zorder=3)
+    ax.set_yticks(list(ys), [n for n, _, _ in shown], fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("ratio (higher is better)")
+    ax.set_title(f"lcc attention kernels on {device}: ratio against the baseline")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_atomic(path: str, data: str | None = None, writer=None) -> None:
+    """Write to a temp file beside ``path``, then rename it into place."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=os.path.splitext(path)[1])
+    os.close(fd)
+    try:
+        if writer is not None:
+            writer(tmp)
+        else:
+            with open(tmp, "w") as f:
+                f.write(data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--lengths", default="4k,16k,64k,128k")
     ap.add_argument("--caches", default="32k,128k")
     ap.add_argument("--window", type=int, default=4096)
-    ap.add_argument("--out", help="also write the markdown table here")
+    ap.add_argument("--sparse-length", default="64k", help="length of the block-sparse pattern rows")
+    ap.add_argument("--out", help="also write the markdown here (and a PNG of the targets beside it)")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("skipped: no CUDA")
@@ -151,12 +290,19 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
     lengths = [parse_length(x) for x in args.lengths.split(",")]
     caches = [parse_length(x) for x in args.caches.split(",")]
-    rows = prefill_rows(lengths, args.window) + decode_rows(caches, args.window)
-    text = f"{torch.cuda.get_device_name()}, torch {torch.__version__}, B={B} H={H} D={D} bf16\n\n{table(rows)}\n"
+    import triton
+
+    rows = prefill_rows(lengths, args.window) + sparse_rows(parse_length(args.sparse_length))
+    rows += decode_rows(caches, args.window)
+    checks = targets(rows, lengths, args.window)
+    text = (f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}, "
+            f"CUDA {torch.version.cuda}, {datetime.date.today().isoformat()}; B={B} H={H} D={D} bf16\n\n"
+            f"{table(rows)}\n\nTargets (issue 3), as ratios measured in this run:\n\n{target_table(checks)}\n")
     print(text)
     if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
+        write_atomic(args.out, text)
+        device = torch.cuda.get_device_name()
+        write_atomic(os.path.splitext(args.out)[0] + ".png", writer=lambda tmp: plot(checks, tmp, device))
     return 0
 
 

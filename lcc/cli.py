@@ -106,8 +106,8 @@ def run(model: str = typer.Argument(..., help="preset, HF directory, .gguf file,
     if loaded.tokenizer is None:
         raise UsageError(f"{model} has no tokenizer files: lcc run needs tokenizer.json beside the weights")
     ids = loaded.tokenizer(prompt, return_tensors="pt")["input_ids"]
-    if ids.shape[1] < 2:
-        raise UsageError("the prompt must be at least 2 tokens long")
+    if ids.shape[1] < 1:
+        raise UsageError("the prompt is empty: give --prompt with some text")
     capacity = -(-(ids.shape[1] + max_new_tokens) // 64) * 64
     with _status("capturing"):
         program = canonicalize(capture(loaded, capacity))
@@ -129,8 +129,8 @@ def _run_artifact(path, prompt: str, max_new_tokens: int, specs) -> None:
     if tokenizer is None:
         raise UsageError(f"{path} has no tokenizer files: recompile from a model that has a tokenizer")
     ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
-    if ids.shape[1] < 2:
-        raise UsageError("the prompt must be at least 2 tokens long")
+    if ids.shape[1] < 1:
+        raise UsageError("the prompt is empty: give --prompt with some text")
     eos = tokenizer.eos_token_id
     with _status("generating"):
         new = generate_ids(runnable, ids, max_new_tokens, stop={eos} if eos is not None else set(),
@@ -149,23 +149,23 @@ def compile_cmd(model: str = typer.Argument("smollm2-135m", help="preset, HF dir
     """Plan (unless --pass is given), apply, check every stage, lower, and write an artifact directory."""
     from pathlib import Path
 
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
     from lcc.backends import get_backend
-    from lcc.compile import compile_model
+    from lcc.compile import RichStages, compile_model
     from lcc.lengths import format_length, parse_length
 
     n = parse_length(target_len)
     specs = _passes(passes) if passes else None
     get_backend(backend)  # a usage error before any slow work
+    plan_fn = _planner()
+    if plan_fn is not None:
+        from lcc.cost.hardware import load_profile
+
+        load_profile(device)  # an unknown device is a usage error before loading
     loaded = _load(model)
     target = Path(out_dir or f"{Path(loaded.spec.model_id).name}-{format_length(n)}-{backend}")
-    plan_fn = _planner()
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err,
-                  transient=True) as bar:
-        job = bar.add_task("compile", total=None)
+    with RichStages(console=err) as stages:
         result = compile_model(loaded, n, backend, specs, target, force=force, device=device, plan_fn=plan_fn,
-                               progress=lambda s: bar.update(job, description=f"compile: {s}"))
+                               progress=stages)
     low = result.report["lowered"]
     out.print(f"wrote {result.out}: passes {', '.join(result.manifest['plan']['passes']) or '(none)'}; "
               f"{low['name']} max abs error {low['max_abs']:.2e} against the rewritten program")
@@ -183,16 +183,22 @@ def _planner():
 def diff(model: str = typer.Argument("smollm2-135m", help="preset, HF directory or .gguf file"),
          passes: Optional[list[str]] = PassOpt,
          length: str = typer.Option("128", "--len", help="tokens of input, e.g. 512 or 4k"),
+         backend: Optional[str] = typer.Option(None, "--backend", help="also lower to torch, onnx or tvm and "
+                                               "report that stage"),
          as_json: bool = typer.Option(False, "--json", help="print one JSON object")):
-    """Errors of every stage (captured, canonical, each pass) against HF eager; exit 1 if an exact stage fails."""
+    """Errors of every stage (captured, canonical, each pass, lowered) against HF eager; exit 1 if one is off."""
     from lcc.diff import diff as run_diff
     from lcc.lengths import parse_length
 
     specs = _passes(passes)
     n = parse_length(length)
+    if backend is not None:
+        from lcc.diff.lowered import check_backend
+
+        check_backend(backend)
     loaded = _load(model)
     with _status("diff") as status:
-        reports = run_diff(loaded, specs, n, progress=lambda s: status.update(f"diff: {s}"))
+        reports = run_diff(loaded, specs, n, progress=lambda s: status.update(f"diff: {s}"), backend=backend)
     if as_json:
         stages = [{k: v for k, v in r.to_dict().items() if k != "ok"} | {"ok": r.ok} for r in reports]
         print(json.dumps({"model": loaded.spec.model_id, "length": n, "stages": stages}, indent=2))
@@ -219,7 +225,8 @@ def eval_cmd(model: str = typer.Argument("smollm2-135m", help="preset, HF direct
              windows: int = typer.Option(2, "--windows", min=1, help="ppl: windows of text per length"),
              text: Optional[str] = typer.Option(None, "--text", help="ppl: a text file (default: the KJV Bible)"),
              as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
-             plot: Optional[str] = typer.Option(None, "--plot", help="write a PNG plot here")):
+             plot: Optional[str] = typer.Option(None, "--plot", help="write a PNG plot here"),
+             device: str = typer.Option("cpu", "--device", help="cpu or cuda (Triton kernels for the lcc ops)")):
     """Passkey retrieval accuracy or perplexity at each length, through the (rewritten) program."""
     from rich.progress import Progress
 
@@ -231,6 +238,8 @@ def eval_cmd(model: str = typer.Argument("smollm2-135m", help="preset, HF direct
         raise UsageError(f"unknown task {task!r}: use --task passkey or --task ppl")
     if plot is not None and not plot.endswith(".png"):
         raise UsageError(f"--plot {plot}: give a .png path")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise UsageError(f"--device {device}: use cpu or cuda")
     specs = _passes(passes)
     ns = parse_lengths(lengths)
     corpus = load_text(text) if task == "ppl" else None
@@ -242,9 +251,9 @@ def eval_cmd(model: str = typer.Argument("smollm2-135m", help="preset, HF direct
         job = bar.add_task(f"{task} on {loaded.spec.model_id}", total=steps)
         tick = lambda: bar.advance(job)  # noqa: E731
         if task == "passkey":
-            results = eval_passkey(loaded, specs, ns, trials=trials, progress=tick)
+            results = eval_passkey(loaded, specs, ns, trials=trials, progress=tick, device=device)
         else:
-            results = eval_ppl(loaded, specs, ns, corpus, windows=windows, progress=tick)
+            results = eval_ppl(loaded, specs, ns, corpus, windows=windows, progress=tick, device=device)
     label = " + ".join(str(s) for s in specs) or "no passes"
     metric = "accuracy" if task == "passkey" else "ppl"
     if plot:
@@ -265,6 +274,48 @@ def eval_cmd(model: str = typer.Argument("smollm2-135m", help="preset, HF direct
     for r in results:
         table.add_row(str(r.length), f"{r.metrics[metric]:.3f}" if metric == "accuracy" else f"{r.metrics[metric]:.2f}")
     out.print(table)
+
+
+@app.command("train-memory")
+def train_memory_cmd(model: str = typer.Argument("smollm2-135m", help="preset, HF directory or .gguf file"),
+                     count: int = typer.Option(16, "--count", min=1, help="memory tokens M"),
+                     segment: int = typer.Option(512, "--segment", min=2, help="tokens per segment S"),
+                     steps: int = typer.Option(20, "--steps", min=1, help="optimizer steps"),
+                     text: str = typer.Option(..., "--text", help="a text file to fit on"),
+                     out_file: Optional[str] = typer.Option(None, "--out", help="safetensors file to write "
+                                                            "(default memory-MODEL-mM-sS.safetensors)"),
+                     lr: float = typer.Option(1e-2, "--lr", help="Adam learning rate"),
+                     unroll: int = typer.Option(2, "--unroll", min=1, help="segments per step (BPTT)"),
+                     seed: int = typer.Option(0, "--seed", help="seed of the initial memory and the text windows")):
+    """Fit only the memory-tokens embeddings on real text with the model frozen; use them with
+    --pass memory-tokens:count=M,segment=S,memory=FILE."""
+    from pathlib import Path
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from lcc.eval.text import load_text
+    from lcc.memory import train_memory
+    from lcc.passes.memory_tokens import save_memory
+
+    corpus = load_text(text)
+    loaded = _load(model)
+    if loaded.tokenizer is None:
+        raise UsageError(f"{model} has no tokenizer files: lcc train-memory needs tokenizer.json beside the weights")
+    target = Path(out_file or f"memory-{Path(loaded.spec.model_id).name}-m{count}-s{segment}.safetensors")
+    if target.suffix != ".safetensors":
+        raise UsageError(f"--out {target}: give a .safetensors path")
+    ids = loaded.tokenizer(corpus, add_special_tokens=False)["input_ids"]
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err, transient=True) as bar:
+        job = bar.add_task("train-memory", total=steps)
+        tick = lambda step, loss: bar.update(job, advance=1, description=f"train-memory loss {loss:.3f}")  # noqa: E731
+        memory, losses = train_memory(loaded, count, segment, steps, ids, lr=lr, seed=seed, unroll=unroll,
+                                      progress=tick)
+    save_memory(target, memory, {"model": loaded.spec.model_id, "weights_hash": loaded.weights_hash, "count": count,
+                                 "segment": segment, "steps": steps, "lr": lr, "unroll": unroll, "seed": seed,
+                                 "first_loss": f"{losses[0]:.4f}", "last_loss": f"{losses[-1]:.4f}"})
+    out.print(f"wrote {target}: loss {losses[0]:.3f} -> {losses[-1]:.3f} over {steps} steps; use "
+              f"--pass memory-tokens:count={count},segment={segment},memory={target}")
 
 
 def _register_cost_commands() -> None:
@@ -321,8 +372,8 @@ def main(argv: list[str] | None = None) -> int:
         _quiet()
     usage, exits, aborts = _click_exceptions()
     try:
-        app(args=argv, prog_name="lcc", standalone_mode=False)
-        return 0
+        rv = app(args=argv, prog_name="lcc", standalone_mode=False)
+        return rv if isinstance(rv, int) else 0  # click hands back typer.Exit's code when not standalone
     except exits as e:
         return e.exit_code
     except (UsageError, *usage) as e:

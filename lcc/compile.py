@@ -27,6 +27,60 @@ from lcc.models.loader import LoadedModel
 from lcc.passes import PassSpec, apply_passes, canonicalize
 
 CHECK_LEN = 256  # tokens of sample input for the stage checks
+STAGES = ("plan", "check", "capture", "lower", "check lowered", "report")
+
+
+class Stages:
+    """Progress of a compile, stage by stage (``start`` a stage with its step count, ``advance`` it).
+
+    This one is silent; :class:`RichStages` draws a rich progress bar per stage.
+    """
+
+    def start(self, stage: str, total: int | None = None) -> None:
+        pass
+
+    def advance(self, stage: str, note: str = "") -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+
+class RichStages(Stages):
+    """One rich progress bar per compile stage, each completed when the next one starts."""
+
+    def __init__(self, console=None):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.bar = Progress(TextColumn("{task.description:<14}"), BarColumn(), MofNCompleteColumn(),
+                            TimeElapsedColumn(), TextColumn("{task.fields[note]}"), console=console)
+        self.tasks: dict[str, int] = {}
+        self.current: str | None = None
+
+    def __enter__(self):
+        self.bar.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.bar.stop()
+
+    def _close(self) -> None:
+        if self.current is not None:
+            task = self.bar.tasks[self.tasks[self.current]]
+            self.bar.update(task.id, total=max(task.completed, task.total or 0, 1),
+                            completed=max(task.completed, task.total or 0, 1), note="")
+
+    def start(self, stage: str, total: int | None = None) -> None:
+        self._close()
+        self.current = stage
+        self.tasks[stage] = self.bar.add_task(stage, total=total, note="")
+
+    def advance(self, stage: str, note: str = "") -> None:
+        self.bar.update(self.tasks[stage], advance=1, note=note)
+
+    def finish(self) -> None:
+        self._close()
+        self.current = None
 
 
 @dataclass
@@ -62,30 +116,36 @@ def _check_lowered(backend, out_dir, manifest, program, ids) -> dict:
 
 def compile_model(loaded: LoadedModel, target_len: int, backend_name: str, passes: list[PassSpec] | None,
                   out: Path, force: bool = False, device: str = "cpu", plan_fn: Callable | None = None,
-                  progress: Callable[[str], None] | None = None) -> CompileResult:
-    step = progress or (lambda _: None)
+                  progress: Stages | None = None) -> CompileResult:
+    """Plan (unless ``passes`` are given) for ``device`` (a hardware profile), check, lower, write ``out``."""
+    stages = progress or Stages()
     out = Path(out)
     if out.exists() and not force:
         raise UsageError(f"{out} exists: pass --force to replace it, or choose another --out")
     backend = get_backend(backend_name)
-    plan = {"source": "user", "passes": [str(p) for p in passes or []], "reason": "passes given on the command line"}
+    plan = {"source": "user", "passes": [str(p) for p in passes or []], "reason": "passes given on the command line",
+            "device": device}
     if passes is None:
         if plan_fn is None:
             raise UsageError("no planner is available in this installation: give the passes with --pass")
-        step("plan")
+        stages.start("plan", 1)
         plan, passes = plan_fn(loaded, target_len, device)
-    step("check")
-    reports = run_diff(loaded, passes, min(CHECK_LEN, target_len), progress=lambda s: step(f"check {s}"))
+        stages.advance("plan")
+    stages.start("check", 3 + len(passes))
+    reports = run_diff(loaded, passes, min(CHECK_LEN, target_len), progress=lambda s: stages.advance("check", s))
     failed = [r.name for r in reports if not r.ok]
     if failed:
         raise RuntimeError(f"exact stages out of tolerance: {', '.join(failed)}; see `lcc diff`")
-    step("capture")
-    program = apply_passes(canonicalize(capture(loaded, capacity=target_len)), passes)
+    stages.start("capture", 2 + len(passes))
+    base = canonicalize(capture(loaded, capacity=target_len))
+    stages.advance("capture", "canonical")
+    program = apply_passes(base, passes, on_stage=lambda p: stages.advance("capture", p.stage))
+    stages.advance("capture", "cost")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        step(f"lower {backend.name}")
-        lowered = backend.lower(program, tmp, progress=lambda s: step(f"lower {s}"))
+        stages.start("lower", None)
+        lowered = backend.lower(program, tmp, progress=lambda s: stages.advance("lower", s))
         if loaded.tokenizer is not None:
             loaded.tokenizer.save_pretrained(tmp)
         manifest = {
@@ -101,21 +161,60 @@ def compile_model(loaded: LoadedModel, target_len: int, backend_name: str, passe
             "checks": [{"stage": r.name, "exact": r.exact, "ok": r.ok} for r in reports],
         }
         (tmp / "lcc.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        step("check lowered")
+        stages.start("check lowered", 1)
         from lcc.data import sample_ids
 
         ids = torch.tensor([sample_ids(loaded.tokenizer, min(CHECK_LEN, target_len), loaded.spec.vocab)])
         lowered_check = _check_lowered(backend, tmp, manifest, program, ids)
-        report = {"stages": [r.to_dict() for r in reports], "lowered": lowered_check, "plan": plan}
+        stages.advance("check lowered")
+        stages.start("report", 2)
+        report = {"stages": [r.to_dict() for r in reports], "lowered": lowered_check, "plan": plan,
+                  "cost": cost_curves(base, program, passes, target_len, device, tmp / "cost.png")}
+        stages.advance("report", "cost.png")
         from lcc.report import write_report
 
         write_report(tmp, manifest, report)
+        stages.advance("report", "report.md")
+        stages.finish()
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return CompileResult(out, manifest, report)
+
+
+def curve_lengths(target_len: int, lowest: int = 1024) -> list[int]:
+    """Powers of two from ``lowest`` up to the target (and the target itself)."""
+    n, out = min(lowest, target_len), []
+    while n < target_len:
+        out.append(n)
+        n *= 2
+    return out + [target_len]
+
+
+def cost_curves(base, program, passes, target_len: int, device: str, png: Path) -> dict | None:
+    """Predicted memory and prefill time against length for the plan and for no passes (lcc.cost); the PNG.
+
+    ``None`` when the cost model is not installed or the device profile is unknown.
+    """
+    try:
+        from lcc.cost import load_profile, plot_cost, program_cost
+        from lcc.cost.planner import BUDGET_FRACTION
+    except ImportError:
+        return None
+    profile = load_profile(device)
+    lengths = curve_lengths(target_len)
+    label = " + ".join(str(p) for p in passes) or "no passes"
+    curves = {label: [program_cost(program, profile.kind).evaluate(n, profile) for n in lengths]}
+    if passes:
+        bare = program_cost(base, profile.kind)
+        curves["no passes"] = [bare.evaluate(n, profile) for n in lengths]
+    plot_cost(curves, str(png), f"{program.spec.model_id}: predicted cost on {profile.name}",
+              BUDGET_FRACTION * profile.memory_bytes)
+    return {"device": profile.name, "lengths": lengths,
+            "curves": {k: [{"memory": e.memory, "prefill_time": e.prefill_time} for e in v]
+                       for k, v in curves.items()}}
 
 
 def load_artifact(path: Path):

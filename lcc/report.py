@@ -39,6 +39,39 @@ def plot_stage_errors(stages: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def _cost_section(cost: dict | None, out: Path) -> list[str]:
+    """Predicted peak memory and prefill time against length (lcc.cost), for the plan and for no passes."""
+    if not cost or not (out / "cost.png").exists():
+        return []
+    from lcc.cost.symbols import human_bytes, human_seconds
+    from lcc.lengths import format_length
+
+    labels = list(cost["curves"])
+    headers = ["length"] + [f"{k}: {m}" for k in labels for m in ("memory", "prefill")]
+    rows = []
+    for i, n in enumerate(cost["lengths"]):
+        row = [format_length(n)]
+        for k in labels:
+            e = cost["curves"][k][i]
+            row += [human_bytes(e["memory"]), "-" if e["prefill_time"] is None else human_seconds(e["prefill_time"])]
+        rows.append(row)
+    return [f"## Predicted cost on {cost['device']} (lcc.cost: roofline time, peak memory)", "",
+            _md_table(headers, rows), "", "![cost vs length](cost.png)", ""]
+
+
+def approximate_notes(stages: list[dict]) -> list[str]:
+    """One line per approximate pass stage: what the pass does to the model, in its own words."""
+    from lcc.passes import REGISTRY
+
+    notes = []
+    for s in stages:
+        d = REGISTRY.get(s["name"].split(":")[0])
+        if d is not None and not s["exact"]:
+            notes.append(f"- `{s['name']}` is approximate: {d.doc}. Its distance above is the rewrite's "
+                         "effect on the model, reported, not a failure.")
+    return notes
+
+
 def write_report(out: Path, manifest: dict, report: dict) -> None:
     out = Path(out)
     (out / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
@@ -57,6 +90,9 @@ def write_report(out: Path, manifest: dict, report: dict) -> None:
                           f"{s['cosine']:.6f}", f"{s['kl']:.2e}", f"{s['top1']:.3f}",
                           s["first_divergent_layer"] if s["first_divergent_layer"] is not None else "-",
                           "yes" if s["ok"] else "NO"] for s in stages]), ""]
+    notes = approximate_notes(stages)
+    if notes:
+        parts += notes + [""]
     low = report["lowered"]
     parts += ["## Lowering", "", f"{low['name']}: max abs logit error against the rewritten program "
               f"{low['max_abs']:.2e}, top-1 agreement {low['top1']:.3f}", ""]
@@ -67,6 +103,5 @@ def write_report(out: Path, manifest: dict, report: dict) -> None:
                   + ", ".join(manifest["lowering"]["fallbacks"]), ""]
     plot_stage_errors(stages, out / "errors.png")
     parts += ["![error per stage](errors.png)", ""]
-    if (out / "cost.png").exists():
-        parts += ["![cost vs length](cost.png)", ""]
+    parts += _cost_section(report.get("cost"), out)
     (out / "report.md").write_text("\n".join(parts))

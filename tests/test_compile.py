@@ -22,8 +22,13 @@ def test_artifact_runs_and_matches_the_in_process_program(tmp_path, tiny):
     assert m["plan"]["passes"] == ["sliding-window:window=16,sinks=2,layers=all"]
     assert {"prefill.pt2", "decode.pt2"} <= set(m["files"])
     assert [c["stage"] for c in m["checks"]][:3] == ["hf-eager", "captured", "canonical"]
-    for f in ("lcc.json", "report.md", "report.json", "errors.png", "tokenizer.json"):
+    for f in ("lcc.json", "report.md", "report.json", "errors.png", "cost.png", "tokenizer.json"):
         assert (tmp_path / "a" / f).is_file(), f
+    report_md = (tmp_path / "a" / "report.md").read_text()
+    assert "![error per stage](errors.png)" in report_md and "![cost vs length](cost.png)" in report_md
+    curves = json.loads((tmp_path / "a" / "report.json").read_text())["cost"]
+    assert curves["lengths"][-1] == 256 and set(curves["curves"]) == {"sliding-window:window=16,sinks=2,layers=all",
+                                                                      "no passes"}
     manifest, runnable, tok = load_artifact(tmp_path / "a")
     from lcc.capture import capture
     from lcc.capture.program import CacheLayout
@@ -33,6 +38,22 @@ def test_artifact_runs_and_matches_the_in_process_program(tmp_path, tiny):
     prompt = torch.randint(0, 256, (1, 40), generator=torch.Generator().manual_seed(4))
     want = generate_ids(program, prompt, 20)
     assert generate_ids(runnable, prompt, 20, cache_layout=CacheLayout(**manifest["cache"])) == want
+
+
+def test_planned_compile_records_the_plan_for_the_device(tmp_path, tiny):
+    """No --pass: the planner's choice for the device profile is what the artifact applies and records."""
+    from lcc.cost.planner import plan, plan_for_compile
+
+    loaded = tiny("llama")
+    result = compile_model(loaded, 4096, "torch", None, tmp_path / "a", device="h100", plan_fn=plan_for_compile)
+    m = result.manifest
+    assert m["plan"]["source"] == "planner" and m["plan"]["device"] == "h100"
+    assert m["plan"]["passes"] == plan(loaded, 4096, "h100").passes
+    assert [c["stage"] for c in m["checks"]][3:] == [str(parse_pass(p)) for p in m["plan"]["passes"]]
+    cost = result.report["cost"]
+    assert cost["device"] == "h100" and cost["lengths"] == [1024, 2048, 4096]
+    mem = [e["memory"] for e in next(iter(cost["curves"].values()))]
+    assert mem == sorted(mem) and mem[0] < mem[-1]  # the cache grows with the length
 
 
 def test_same_inputs_give_byte_identical_manifest(tmp_path, tiny):
@@ -70,10 +91,14 @@ def test_cli_compile_then_run(tmp_path):
 
     r = lcc("compile", "tiny-qwen3", "--target-len", "256", "--pass", "flash", "--out", str(tmp_path / "q"))
     assert r.returncode == 0, r.stderr
+    for stage in ("check", "capture", "lower", "check lowered", "report"):  # a progress bar per stage
+        assert any(line.split()[:len(stage.split())] == stage.split() for line in r.stderr.splitlines()), stage
     assert json.loads((tmp_path / "q" / "lcc.json").read_text())["backend"] == "torch"
     r = lcc("run", str(tmp_path / "q"), "--prompt", "hello world", "--max-new-tokens", "5")
     assert r.returncode == 0, r.stderr
     r = lcc("compile", "tiny-qwen3", "--target-len", "256", "--backend", "cuda-magic")
     assert r.returncode == 2 and "unknown backend 'cuda-magic'" in r.stderr
+    r = lcc("compile", "tiny-qwen3", "--target-len", "256", "--device", "tpu")
+    assert r.returncode == 2 and "unknown device 'tpu'" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     r = lcc("run", str(tmp_path), "--prompt", "x y")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1

@@ -4,10 +4,15 @@ The op's own ``attention_cost`` counts the useful work (kept pairs, q/k/v/out mo
 IO-aware kernel).  What runs depends on ``algo`` and the device (``lcc.ops.attention``):
 
 - ``reference``: the whole [B, H, Sq, Sk] fp32 score matrix, then its softmax (both alive);
-- ``auto`` on the CPU: query-row chunks of ~256 MiB of scores over *all* keys (no skipping);
+- ``auto``: query-row chunks of ~256 MiB of scores over *all* keys (no skipping), the
+  eager-identical path, on the CPU and on CUDA alike (the torch and ONNX backends run it
+  unfused: every score goes through memory; only ``--backend triton`` swaps in its kernel,
+  so a plan that wants the IO-aware kernel names ``flash``);
 - ``chunked:chunk=c``: c query rows at a time over the key ranges the mask can see;
-- ``flash`` on the CPU: the chunked path with a chunk it picks (<= 1024, >= 8 chunks);
-- ``flash``/``auto``/``decode`` on CUDA: the Triton kernels: tiles in SRAM, only the output in HBM.
+- ``flash`` on the CPU: PyTorch's fused SDPA kernel (tiled online softmax, causal blocks
+  skipped) for causal self-attention, the chunked path with a chunk it picks (<= 1024,
+  >= 8 chunks) for anything else;
+- ``flash``/``decode`` on CUDA: the Triton kernels: tiles in SRAM, only the output in HBM.
 
 A materialised score element costs ``SCORE_BYTES`` of memory traffic (the QK^T write, the
 scale, the mask fill, softmax read+write, nan_to_num, the PV read: 40 bytes in fp32) and
@@ -27,7 +32,9 @@ from lcc.ops.masks import MaskSpec
 SCORE_BYTES = 40
 SCORE_FLOPS = 8
 MASK_BYTES = 3
-IO_AWARE = {"flash", "auto", "decode"}  # algos with a Triton kernel on CUDA
+IO_AWARE = {"flash", "decode"}  # algos that run an IO-aware kernel on CUDA whatever the backend
+SDPA_VECTOR_FLOPS = 4  # per kept pair in the fused CPU kernel: scale, max, exp, sum
+SDPA_BLOCK = (256, 512)  # query x key block of PyTorch's CPU flash kernel (fp32, long sequences)
 
 
 def _auto_rows(B, Hq, Sq, Sk, skip_keys: bool):
@@ -57,13 +64,23 @@ def _visible(spec: MaskSpec, Sq, Sk, rows):
 
 
 def attention_node_cost(B, Hq, Hkv, Sq, Sk, D, Dv, mask: str, algo: str, device: str, itemsize: int = 4,
-                        dtype: str = "float32"):
-    """(kernels, working set bytes beyond the output) of one attention call."""
+                        dtype: str = "float32", self_attention: bool = True):
+    """(kernels, working set bytes beyond the output) of one attention call.
+
+    ``self_attention``: the queries are the keys (prefill without a cache offset), the case
+    the CPU ``flash`` path hands to PyTorch's fused kernel.
+    """
     name, args = _parse_algo(algo)
     spec = MaskSpec.parse(mask)
     useful_flops, moved, _ = attention_cost(B, Hq, Hkv, Sq, Sk, D, Dv, mask, itemsize)
     if device == "cuda" and name in IO_AWARE:
         return (Kernel(useful_flops, moved, "matmul", dtype),), sympy.Integer(0)
+    if device == "cpu" and name == "flash" and spec.kind == "causal" and self_attention:
+        pairs = mask_pairs(mask, Sq, Sk)
+        kernels = (Kernel(useful_flops, moved, "matmul", dtype),
+                   Kernel(SDPA_VECTOR_FLOPS * B * Hq * pairs, sympy.Integer(0), "vector", dtype))
+        qb, kb = SDPA_BLOCK  # score, softmax and accumulator blocks per thread (2), and the log-sum-exp rows
+        return kernels, sympy.Integer(4 * 3 * qb * kb * 2) + 4 * B * Hq * Sq
     if name == "reference":
         rows, pairs, keys = Sq, Sq * Sk, Sk
     elif name == "auto":

@@ -85,6 +85,12 @@ def available() -> list[str]:
     return sorted(names)
 
 
+def _stale(profile: Profile) -> bool:
+    from lcc.cost.calibrate import METHOD
+
+    return profile.measured.get("method") != METHOD
+
+
 def load_profile(name: str, calibrate_missing: bool = True) -> Profile:
     """A profile by name; ``cpu`` is measured on first use (a few seconds) and cached."""
     if isinstance(name, Profile):
@@ -92,7 +98,10 @@ def load_profile(name: str, calibrate_missing: bool = True) -> Profile:
     key = str(name).strip().lower()
     for path in (user_dir() / f"{key}.toml", BUILTIN_DIR / f"{key}.toml"):
         if path.is_file():
-            return parse_profile(path.read_text(), key)
+            profile = parse_profile(path.read_text(), key)
+            if key in MEASURED and calibrate_missing and _stale(profile):
+                break  # measured by an older lcc.cost.calibrate: measure again
+            return profile
     if key in MEASURED and calibrate_missing:
         from lcc.cost.calibrate import calibrate
 

@@ -28,9 +28,7 @@ _SCRIPT = textwrap.dedent('''
     if args.get("threads"):
         torch.set_num_threads(args["threads"])
     loaded = load_model(args["model"])
-    program = canonicalize(capture(loaded, args["capacity"], entries=("prefill",)))
-    program = apply_passes(program, args["passes"])
-    gm = program.entries["prefill"]
+    captured = canonicalize(capture(loaded, args["capacity"], entries=("prefill",)))
 
     def status(key):
         for line in open("/proc/self/status"):
@@ -45,32 +43,68 @@ _SCRIPT = textwrap.dedent('''
         except OSError:
             pass
 
-    cache = program.cache.empty()
-    with torch.inference_mode():
-        gm(torch.randint(0, 1000, (1, 64)), *cache)
-        for n in args["lengths"]:
-            ids = torch.randint(0, 1000, (1, n))
-            cache = program.cache.empty()
-            trim()
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")
-            base = status("VmRSS:")
-            t = time.perf_counter()
-            out = gm(ids, *cache)
-            seconds = time.perf_counter() - t
-            peak = status("VmHWM:")
-            del out
-            print(json.dumps({"length": n, "peak_delta": peak - base, "seconds": seconds, "baseline": base}),
-                  flush=True)
+    def measure(program, lengths, predict):
+        gm = program.entries["prefill"]
+        with torch.inference_mode():
+            gm(torch.randint(0, 1000, (1, 64)), *program.cache.empty())
+            for n in lengths:
+                ids = torch.randint(0, 1000, (1, n))
+                cache = program.cache.empty()
+                trim()
+                with open("/proc/self/clear_refs", "w") as f:
+                    f.write("5")
+                base = status("VmRSS:")
+                t = time.perf_counter()
+                out = gm(ids, *cache)
+                seconds = time.perf_counter() - t
+                peak = status("VmHWM:")
+                del out
+                row = {"passes": list(program.passes), "length": n,
+                       "peak_delta": peak - base, "seconds": seconds, "baseline": base}
+                if predict is not None:
+                    row["predicted"] = predict(n)
+                print(json.dumps(row), flush=True)
+
+    for passes, lengths in args["runs"]:
+        program = apply_passes(captured, passes)
+        predict = None
+        if args["predict"]:
+            from lcc.cost.model import program_cost
+
+            cost = program_cost(program, "cpu").prefill
+            predict = lambda n, cost=cost, cap=program.cache.capacity: cost.peak(n, n, cap)[0]
+        measure(program, lengths, predict)
 ''')
 
 
+MMAP_THRESHOLD = 128 * 1024  # glibc's default static threshold, pinned (see measure_prefill)
+
+
 def measure_prefill(model: str, lengths: list[int], passes: list[str] = (), capacity: int | None = None,
-                    threads: int | None = None, timeout: float | None = None) -> list[dict]:
-    """[{length, peak_delta (bytes), seconds, baseline}] of CPU prefill at each length, in a subprocess."""
-    args = {"model": model, "lengths": list(lengths), "passes": list(passes),
-            "capacity": capacity or max(lengths), "threads": threads}
+                    threads: int | None = None, timeout: float | None = None,
+                    mmap_threshold: int | None = MMAP_THRESHOLD, predict: bool = False,
+                    runs: list[tuple[list[str], list[int]]] | None = None) -> list[dict]:
+    """[{passes, length, peak_delta (bytes), seconds, baseline}] of CPU prefill at each length, in a subprocess.
+
+    ``runs`` ([(passes, lengths), ...]) measures several plans from one load and capture
+    (instead of ``passes`` at ``lengths``); the capacity defaults to the longest length.
+
+    With ``predict``, each row also has ``predicted``: the liveness walk's peak activations of
+    the very program measured (``lcc.cost``), priced at that length and the cache's capacity.
+
+    ``mmap_threshold`` pins glibc's ``M_MMAP_THRESHOLD`` (``MALLOC_MMAP_THRESHOLD_``): by default
+    glibc raises it to the size of each large block freed (up to 32 MiB), after which the
+    layer-sized tensors come from the heap, whose holes stay resident; the resident set then
+    depends on the allocation history (measured: +20-30% over the live tensors for SmolLM2).
+    Pinned, every tensor-sized block is its own mapping, returned when freed, and the resident
+    set follows the live tensors.  ``None`` measures with glibc's defaults.
+    """
+    runs = [(list(p), list(ns)) for p, ns in (runs or [(passes, lengths)])]
+    args = {"model": model, "runs": runs, "capacity": capacity or max(n for _, ns in runs for n in ns),
+            "threads": threads, "predict": predict}
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error", PYTHONWARNINGS="ignore")
+    if mmap_threshold is not None:
+        env["MALLOC_MMAP_THRESHOLD_"] = str(mmap_threshold)
     proc = subprocess.run([sys.executable, "-c", _SCRIPT, json.dumps(args)], capture_output=True, text=True,
                           env=env, timeout=timeout)
     if proc.returncode != 0:

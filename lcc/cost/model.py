@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import sympy
+import torch
 
 from lcc.capture.program import Program
 from lcc.cost.attention import working_set
@@ -80,17 +81,16 @@ class ProgramCost:
         return kv_cache_bytes(self.program.cache, self._cache_inputs())
 
     def _cache_inputs(self) -> sympy.Expr:
-        e = self.prefill
-        shapes = [n for n in e.nodes if n.op == "placeholder"][1:]
+        """Bytes of the prefill's cache inputs (every input after the token ids), capacity dim made ``C``."""
         from lcc.cost.symbols import prod
 
-        gm = self.program.entries[e.entry]
-        vals = {n.name: n.meta.get("val") for n in gm.graph.nodes if n.op == "placeholder"}
+        gm = self.program.entries[self.prefill.entry]
         total = sympy.Integer(0)
-        for n in shapes:
-            v = vals.get(n.name)
-            if v is not None and v.dim() >= 3 and v.shape[2] == self.program.cache.capacity:
-                total += prod([C if i == 2 else int(d) for i, d in enumerate(v.shape)]) * v.dtype.itemsize
+        for n in [n for n in gm.graph.nodes if n.op == "placeholder"][1:]:
+            v = n.meta.get("val")
+            if isinstance(v, torch.Tensor):
+                dims = [C if d == self.program.cache.capacity else int(d) for d in v.shape]
+                total += prod(dims) * v.dtype.itemsize
         return total
 
     def formulas(self) -> dict[str, sympy.Expr]:
@@ -169,7 +169,8 @@ class ProgramCost:
 
 def program_cost(program: Program, device: str = "cpu") -> ProgramCost:
     """Walk every entry point of ``program`` for ``device`` ("cpu" or "cuda")."""
-    entries = {name: entry_cost(gm, name, program.cache.capacity, device, program.cache) for name, gm in program.entries.items()}
+    entries = {name: entry_cost(gm, name, program.cache.capacity, device, program.cache)
+               for name, gm in program.entries.items()}
     return ProgramCost(program, device, entries)
 
 

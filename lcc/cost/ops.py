@@ -34,8 +34,9 @@ def attention_rule(node, ctx: Ctx) -> NodeCost:
     _, Hkv, Sk, _ = ctx.shape(k)
     Dv = ctx.shape(v)[-1]
     dtype = str(ctx.dtype(node)).removeprefix("torch.")
+    self_attention = a["kv_len"] is None and sympy.simplify(Sq - Sk) == 0
     kernels, work = attention_node_cost(B, Hq, Hkv, Sq, ctx.keys(node, Sk), D, Dv, a["mask"], a["algo"],
-                                        ctx.device, ctx.itemsize(q), dtype)
+                                        ctx.device, ctx.itemsize(q), dtype, self_attention)
     return NodeCost(node.name, "", kernels=kernels, out_bytes=ctx.nbytes(node), work=work,
                     note=f"{a['mask']} {a['algo']}")
 

@@ -8,6 +8,7 @@ flash.  A candidate that a pass refuses (preconditions) is dropped with its erro
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 
 from lcc.capture.program import Program
@@ -104,16 +105,40 @@ def _program(loaded_or_program) -> Program:
     return canonicalize(capture(loaded_or_program, CAPTURE_CAPACITY, entries=("prefill", "decode")))
 
 
-def price(program: Program, passes: list[str], target_len: int, profile: Profile, data=None) -> Candidate:
+# (id(base program), passes, device kind) -> ProgramCost or an error line; entries die with the program
+_COSTS: dict[tuple, object] = {}
+_WATCHED: set[int] = set()
+
+
+def _forget(pid: int) -> None:
+    _WATCHED.discard(pid)
+    for key in [k for k in _COSTS if k[0] == pid]:
+        del _COSTS[key]
+
+
+def rewritten_cost(program: Program, passes: list[str], kind: str):
+    """The ProgramCost of ``program`` after ``passes`` (memoised: it does not depend on length or profile)."""
     from lcc.passes import apply_passes
 
+    key = (id(program), tuple(passes), kind)
+    if key not in _COSTS:
+        if id(program) not in _WATCHED:
+            weakref.finalize(program, _forget, id(program))
+            _WATCHED.add(id(program))
+        try:
+            _COSTS[key] = program_cost(apply_passes(program, passes), kind)
+        except Exception as e:  # a pass's preconditions refused this program: keep the reason
+            _COSTS[key] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]
+    return _COSTS[key]
+
+
+def price(program: Program, passes: list[str], target_len: int, profile: Profile, data=None) -> Candidate:
     cand = Candidate(list(passes))
-    try:
-        rewritten = apply_passes(program, passes)
-    except Exception as e:  # a pass's preconditions refused this program: keep the reason
-        cand.error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]
+    pc = rewritten_cost(program, passes, profile.kind)
+    if isinstance(pc, str):
+        cand.error = pc
         return cand
-    ev = program_cost(rewritten, profile.kind).evaluate(target_len, profile)
+    ev = pc.evaluate(target_len, profile)
     risk = plan_risk(passes, target_len, data)
     cand.memory, cand.prefill_time, cand.decode_tokens_per_s = ev.memory, ev.prefill_time, ev.decode_tokens_per_s
     cand.risk, cand.risk_detail, cand.evaluation = risk.level, risk.detail, ev
@@ -135,12 +160,17 @@ def plan(loaded_or_program, target_len: int, profile: Profile | str = "h100", me
         c.fits = c.error is None and c.memory is not None and c.memory <= budget
     priced = [c for c in cands if c.error is None]
     ok = sorted((c for c in priced if c.fits and allowed(c.risk, quality)),
-                key=lambda c: (c.prefill_time, -(c.decode_tokens_per_s or 0), LEVELS.index(c.risk)))
+                key=lambda c: (c.prefill_time, -(c.decode_tokens_per_s or 0), LEVELS.index(c.risk), c.memory,
+                               len(c.passes)))
     ranked = ok + sorted((c for c in priced if c not in ok), key=lambda c: c.memory) + \
         [c for c in cands if c.error is not None]
     chosen = ok[0] if ok else None
     return Plan(target_len, profile.name, budget, quality, chosen, ranked,
                 _reason(chosen, priced, ok, budget, quality, target_len, program, profile))
+
+
+def _name(c: Candidate) -> str:
+    return " + ".join(c.passes) or "no passes"
 
 
 def _reason(chosen, priced, ok, budget, quality, target_len, program, profile) -> str:
@@ -155,20 +185,36 @@ def _reason(chosen, priced, ok, budget, quality, target_len, program, profile) -
             if smallest is None:
                 return "no candidate could be priced" + beyond
             return (f"nothing fits in {human_bytes(budget)} on {profile.name}: the smallest is "
-                    f"{' + '.join(smallest.passes) or 'no passes'} at {human_bytes(smallest.memory)}." + beyond)
+                    f"{_name(smallest)} at {human_bytes(smallest.memory)}." + beyond)
         return (f"{len(fit)} candidate(s) fit in {human_bytes(budget)} but none meets quality={quality} "
                 f"(their risks: {', '.join(sorted({c.risk for c in fit}))}); try --quality any." + beyond)
-    name = " + ".join(chosen.passes) or "no passes"
+    text = (f"{_name(chosen)}: fastest predicted prefill ({human_seconds(chosen.prefill_time)}) of {len(ok)} "
+            f"candidate(s) that fit in {human_bytes(budget)} on {profile.name} with quality={quality} (risk "
+            f"{chosen.risk}); memory {human_bytes(chosen.memory)}")
+    if chosen.decode_tokens_per_s:
+        text += f", decode {chosen.decode_tokens_per_s:.1f} tokens/s"
+    bare = next((c for c in priced if not c.passes), None)
+    if bare is not None and chosen is not bare:
+        text += (f"; no passes: {human_seconds(bare.prefill_time)}, {human_bytes(bare.memory)}"
+                 f"{'' if bare.fits else ' (does not fit)'}")
+        if chosen.prefill_time and bare.prefill_time and bare.prefill_time > 1.2 * chosen.prefill_time:
+            text += f" ({bare.prefill_time / chosen.prefill_time:.1f}x slower: {_slower_why(bare, profile)})"
     runner = next((c for c in ok[1:]), None)
-    text = (f"{name}: fastest predicted prefill ({human_seconds(chosen.prefill_time)}) of {len(ok)} candidate(s) "
-            f"that fit in {human_bytes(budget)} on {profile.name} with quality={quality} (risk {chosen.risk}); "
-            f"memory {human_bytes(chosen.memory)}")
-    if runner is not None:
-        text += f"; next: {' + '.join(runner.passes) or 'no passes'} ({human_seconds(runner.prefill_time)})"
+    if runner is not None and runner is not bare:
+        text += f"; next: {_name(runner)} ({human_seconds(runner.prefill_time)})"
     dropped = len(priced) - len(fit)
     if dropped:
         text += f"; {dropped} did not fit"
     return text + "." + beyond
+
+
+def _slower_why(bare: Candidate, profile) -> str:
+    """What the unrewritten program's time goes to: its attention scores go through memory."""
+    ops = bare.evaluation.time_by_op if bare.evaluation is not None else {}
+    attn = ops.get("lcc.attention", 0.0)
+    total = sum(ops.values()) or 1.0
+    where = "HBM" if profile.kind == "cuda" else "memory"
+    return f"its unfused attention writes the L x L scores to {where}, {attn / total:.0%} of its time"
 
 
 def plan_for_compile(loaded, target_len: int, device: str = "cpu"):

@@ -27,7 +27,7 @@ def plot_cost(curves: dict[str, list], path: str, title: str = "", budget: float
         ax.set_xlabel("sequence length (tokens)")
         ax.set_ylabel(ylabel)
         ax.grid(True, which="both", alpha=0.3)
-    ax_mem.legend(fontsize=7)
+    ax_mem.legend(fontsize=7, loc="lower right")
     if title:
         fig.suptitle(title)
     fig.tight_layout()

@@ -1,9 +1,11 @@
 """``lcc diff``: the same inputs through every stage, compared with HF eager.
 
-Stages: ``hf-eager`` (the oracle), ``captured``, ``canonical``, then one per pass (and
-per backend, once lowered).  Per stage: max abs and relative logit error, cosine
-similarity and KL divergence of next-token distributions, top-1 agreement over
-positions, and the first layer whose hidden state diverges past the tolerance.
+Stages: ``hf-eager`` (the oracle), ``captured``, ``canonical``, then one per pass and,
+with ``backend``, ``lowered:B``: the last stage's program lowered by that backend and run
+(:mod:`lcc.diff.lowered`); its float tolerance is checked against the stage before it.
+Per stage: max abs and relative logit error, cosine similarity and KL divergence of
+next-token distributions, top-1 agreement over positions, and the first layer whose
+hidden state diverges past the tolerance.
 """
 
 from __future__ import annotations
@@ -99,9 +101,14 @@ def program_outputs(program: Program, ids: torch.Tensor) -> Outputs:
 
 
 def diff(loaded: LoadedModel, passes=(), length: int = 128,
-         progress: Callable[[str], None] | None = None) -> list[StageReport]:
-    """Run HF eager, the captured and canonical programs and each pass stage on ``length`` tokens."""
+         progress: Callable[[str], None] | None = None, backend: str | None = None) -> list[StageReport]:
+    """HF eager, the captured and canonical programs, each pass stage and (``backend``) the lowered one."""
     from lcc.data import sample_ids
+
+    if backend is not None:
+        from lcc.diff.lowered import check_backend
+
+        check_backend(backend)
 
     specs = [parse_pass(p) if isinstance(p, str) else p for p in passes]
     ids = torch.tensor([sample_ids(loaded.tokenizer, length, loaded.spec.vocab)])
@@ -124,5 +131,11 @@ def diff(loaded: LoadedModel, passes=(), length: int = 128,
         reports.append(compare(ref, out, p.stage, spec.exact_for(length), prev=last[0]))
         last[0] = out
 
-    apply_passes(program, specs, on_stage=on_stage)
+    program = apply_passes(program, specs, on_stage=on_stage)
+    if backend is not None:
+        from lcc.diff.lowered import lowered_outputs
+
+        step(f"lower {backend}")
+        out = Outputs(*lowered_outputs(backend, program, ids))
+        reports.append(compare(ref, out, f"lowered:{backend}", True, prev=last[0]))
     return reports

@@ -21,18 +21,25 @@ class EvalResult:
         return {"length": self.length, **self.metrics}
 
 
-def prepare(loaded: LoadedModel, passes, max_len: int, entries) -> object:
+def prepare(loaded: LoadedModel, passes, max_len: int, entries, device: str = "cpu") -> object:
     specs = [parse_pass(p) if isinstance(p, str) else p for p in passes]
     capacity = -(-(max_len + 16) // 64) * 64
     program = canonicalize(capture(loaded, capacity, entries=entries))
-    return apply_passes(program, specs)
+    program = apply_passes(program, specs)
+    if device != "cpu":
+        from lcc.runtime import to_device
+
+        program = to_device(program, device)
+    return program
 
 
 def eval_passkey(loaded: LoadedModel, passes, lengths, trials: int = 10, depths=DEPTHS,
-                 progress: Callable[[], None] | None = None) -> list[EvalResult]:
+                 progress: Callable[[], None] | None = None, device: str = "cpu",
+                 program=None) -> list[EvalResult]:
+    """``program`` (already rewritten and placed) skips the capture; else ``passes`` are applied here."""
     from lcc.eval.passkey import build_prompt, run_trial
 
-    program = prepare(loaded, passes, max(lengths), ("prefill", "decode"))
+    program = program or prepare(loaded, passes, max(lengths), ("prefill", "decode"), device)
     results = []
     for length in lengths:
         per_depth = {}
@@ -50,10 +57,11 @@ def eval_passkey(loaded: LoadedModel, passes, lengths, trials: int = 10, depths=
 
 
 def eval_ppl(loaded: LoadedModel, passes, lengths, text: str, windows: int = 2,
-             progress: Callable[[], None] | None = None) -> list[EvalResult]:
+             progress: Callable[[], None] | None = None, device: str = "cpu",
+             program=None) -> list[EvalResult]:
     from lcc.eval.ppl import perplexity
 
-    program = prepare(loaded, passes, max(lengths), ("prefill_logits",))
+    program = program or prepare(loaded, passes, max(lengths), ("prefill_logits",), device)
     ids = loaded.tokenizer(text, add_special_tokens=False)["input_ids"]
     results = []
     for length in lengths:

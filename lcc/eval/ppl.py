@@ -20,8 +20,11 @@ def windows(token_ids: list[int], length: int, count: int) -> list[list[int]]:
 @torch.inference_mode()
 def window_nll(program, ids: list[int], chunk: int = 1024) -> tuple[float, int]:
     """Sum of next-token NLL over the window (every position but the last predicts the next) and the count."""
-    x = torch.tensor([ids])
-    logits = program.entries["prefill_logits"](x, *program.cache.empty())[0][0]
+    from lcc.runtime import device_of
+
+    dev = device_of(program)
+    x = torch.tensor([ids], device=dev)
+    logits = program.entries["prefill_logits"](x, *program.cache.empty(dev))[0][0]
     targets = x[0, 1:]
     total = 0.0
     for s in range(0, targets.shape[0], chunk):

@@ -269,18 +269,11 @@ _BLOCK = 1024  # tokens dequantized at a time by the reference
 
 
 def _dequant_block(parts, fmt: KVQuantFormat, which: str, lo: int, hi: int) -> torch.Tensor:
+    """fp32 values of quantized tokens [lo, hi) (whole groups along tokens for per-channel statistics)."""
     codes, scale, zero, _ = _split(parts, fmt)
-    if fmt.axis(which) == "channel":
-        g = fmt.group
-        s, z = scale[:, :, lo // g: -(-hi // g)], None if zero is None else zero[:, :, lo // g: -(-hi // g)]
-        s, z = (None if t is None else t.float().repeat_interleave(g, dim=2)[:, :, lo % g: lo % g + hi - lo]
-                for t in (s, z))
-        c = codes[:, :, lo:hi]
-        if fmt.kind == "fp8":
-            return c.float() * s
-        return unpack_codes(c, fmt.bits).float() * s + z
-    return dequantize(codes[:, :, lo:hi], scale[:, :, lo:hi], None if zero is None else zero[:, :, lo:hi],
-                      fmt, "token")
+    axis = fmt.axis(which)
+    a, b = (lo // fmt.group, hi // fmt.group) if axis == "channel" else (lo, hi)
+    return dequantize(codes[:, :, lo:hi], scale[:, :, a:b], None if zero is None else zero[:, :, a:b], fmt, axis)
 
 
 class _OnlineSoftmax:

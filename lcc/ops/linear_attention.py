@@ -1,9 +1,11 @@
 """``lcc.linear_attention``: causal kernelized attention, linear in the sequence length.
 
 out_i = sum_{j<=i} phi(q_i).phi(k_j) v_j / (sum_{j<=i} phi(q_i).phi(k_j) + eps)
-(Katharopoulos et al. 2020, eq. 4-5).  Shapes as ``lcc.attention`` with Sq == Sk (self
-attention over one sequence): q [B, Hq, S, D], k [B, Hkv, S, D], v [B, Hkv, S, Dv], GQA
-head h reads kv head h // (Hq // Hkv).  ``feature_map`` is a spec string:
+(Katharopoulos et al. 2020, eq. 4-5).  Shapes as ``lcc.attention``: q [B, Hq, Sq, D],
+k [B, Hkv, Sk, D], v [B, Hkv, Sk, Dv], GQA head h reads kv head h // (Hq // Hkv).  As in
+``lcc.attention``, queries are aligned to the end of the ``kv_len`` valid keys (None: all
+Sk), so decode is one query against a plain K/V cache: phi(q) . sum_{j<kv_len} phi(k_j) v_j^T
+over the cache, O(kv_len) per step with no new cache layout.  ``feature_map`` is a spec string:
 
 - ``elu``: phi(x) = elu(x) + 1 (Katharopoulos et al. 2020, Sec. 3.2).
 - ``performer:features=M,seed=S``: FAVOR+ positive orthogonal random features
@@ -49,8 +51,12 @@ def orthogonal_random_features(num_features: int, dim: int, seed: int = 0) -> to
     return (w * norms).float()
 
 
-def features(x: torch.Tensor, feature_map: str, projection: torch.Tensor | None, is_query: bool) -> torch.Tensor:
-    """phi(x) in fp32: [B, H, S, F] (F = D for elu, M for performer)."""
+def features(x: torch.Tensor, feature_map: str, projection: torch.Tensor | None, is_query: bool,
+             valid: torch.Tensor | None = None) -> torch.Tensor:
+    """phi(x) in fp32: [B, H, S, F] (F = D for elu, M for performer).
+
+    ``valid`` ([B, 1, S, 1] bool, keys only) leaves cache slots past ``kv_len`` out of the keys'
+    stabilizer, so a decode step over the cache shares prefill's constant."""
     name, params = parse_feature_map(feature_map)
     x = x.float()
     if name == "elu":
@@ -63,7 +69,10 @@ def features(x: torch.Tensor, feature_map: str, projection: torch.Tensor | None,
     sq = (x * x).sum(-1, keepdim=True) / 2
     # stabilizer (Performer's softmax_kernel): a per-row max for queries cancels in the ratio;
     # keys share one max per (batch, head), a constant that cancels too (up to eps)
-    stab = wx.amax(-1, keepdim=True) if is_query else wx.amax(dim=(-1, -2), keepdim=True)
+    if is_query:
+        stab = wx.amax(-1, keepdim=True)
+    else:
+        stab = (wx if valid is None else wx.masked_fill(~valid, float("-inf"))).amax(dim=(-1, -2), keepdim=True)
     return torch.exp(wx - sq - stab) / math.sqrt(w.shape[0])
 
 
@@ -71,11 +80,27 @@ def _gqa(phi_k, v, groups):
     return phi_k.repeat_interleave(groups, 1), v.float().repeat_interleave(groups, 1)
 
 
-def linear_attention_reference(q, k, v, feature_map="elu", projection=None, eps=1e-6):
-    """The oracle: the masked S x S kernel matrix at once, in fp32, cast to q's dtype."""
+def _visible(q, k, kv_len):
+    """[B, 1, Sq, Sk] keys each query sees (causal, queries aligned to the end of the valid keys)
+    and [B, 1, Sk, 1] the valid keys."""
+    B, Sq, Sk = q.shape[0], q.shape[2], k.shape[2]
+    if kv_len is None:
+        n = torch.full((B, 1), Sk, device=q.device, dtype=torch.long)
+    else:
+        n = kv_len.to(device=q.device, dtype=torch.long).reshape(-1, 1).expand(B, 1)
+    q_pos = n - Sq + torch.arange(Sq, device=q.device)[None, :]  # [B, Sq]
+    kv = torch.arange(Sk, device=q.device)
+    valid = kv[None, :] < n  # [B, Sk]
+    seen = (kv[None, None, :] <= q_pos[:, :, None]) & valid[:, None, :]
+    return seen[:, None], valid[:, None, :, None]
+
+
+def linear_attention_reference(q, k, v, feature_map="elu", projection=None, eps=1e-6, kv_len=None):
+    """The oracle: the masked Sq x Sk kernel matrix at once, in fp32, cast to q's dtype."""
+    seen, valid = _visible(q, k, kv_len)
     phi_q = features(q, feature_map, projection, True)
-    phi_k, vf = _gqa(features(k, feature_map, projection, False), v, q.shape[1] // k.shape[1])
-    a = (phi_q @ phi_k.transpose(-1, -2)).tril()
+    phi_k, vf = _gqa(features(k, feature_map, projection, False, valid), v, q.shape[1] // k.shape[1])
+    a = (phi_q @ phi_k.transpose(-1, -2)).masked_fill(~seen, 0.0)
     return ((a @ vf) / (a.sum(-1, keepdim=True) + eps)).to(q.dtype)
 
 
@@ -107,17 +132,20 @@ def linear_attention(
     projection: torch.Tensor | None = None,
     eps: float = 1e-6,
     algo: str = "auto",
+    kv_len: torch.Tensor | None = None,
 ) -> torch.Tensor:
     impl = IMPLEMENTATIONS.get((algo, q.device.type))
-    if impl is not None:
+    if impl is not None and kv_len is None and q.shape[2] == k.shape[2]:
         return impl(q, k, v, feature_map, projection, eps)
-    return linear_attention_reference(q, k, v, feature_map, projection, eps)
+    # decode / chunked prefill against a cache: the O(kv_len)-per-query sum over the cache
+    return linear_attention_reference(q, k, v, feature_map, projection, eps, kv_len)
 
 
 @linear_attention.register_fake
-def _(q, k, v, feature_map="elu", projection=None, eps=1e-6, algo="auto"):
+def _(q, k, v, feature_map="elu", projection=None, eps=1e-6, algo="auto", kv_len=None):
     torch._check(q.shape[1] % k.shape[1] == 0)
-    torch._check(q.shape[2] == k.shape[2])
+    if kv_len is None:
+        torch._check(q.shape[2] <= k.shape[2])
     return q.new_empty(q.shape[0], q.shape[1], q.shape[2], v.shape[3])
 
 

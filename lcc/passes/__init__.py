@@ -8,3 +8,4 @@ from lcc.passes import attention  # noqa: F401,E402  (registers attention rewrit
 from lcc.passes import rope_scaling  # noqa: F401,E402  (registers rope-scaling)
 from lcc.passes import kv_cache  # noqa: F401,E402  (registers kv-quant, kv-sink-cache)
 from lcc.passes import rerope  # noqa: F401,E402  (registers rerope, leaky-rerope)
+from lcc.passes import memory_tokens  # noqa: F401,E402  (registers memory-tokens)

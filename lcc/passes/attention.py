@@ -61,3 +61,6 @@ def sliding_window(program: Program, window: int = 4096, sinks: int = 4, layers:
         return f"sliding:window={window},sinks={sinks}"
 
     return _rewrite_attention(program, layers, mask=new_mask)
+
+
+from lcc.passes import linear_attention, sparse  # noqa: F401,E402  (register block-sparse, linear-attention)

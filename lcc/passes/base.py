@@ -58,6 +58,9 @@ class PassDef:
     fn: Callable[..., PassResult]
     # exact_if(args, length) -> True when an approximate pass is exact for inputs of this length
     exact_if: Callable[[dict, int], bool] | None = None
+    # shown(args) -> the parameter names that matter for these args (the stage name lists only those;
+    # the others keep their defaults, so the name still parses back to the same spec)
+    shown: Callable[[dict], set] | None = None
 
     def defaults(self) -> dict:
         return {p.name: p.default for p in self.params}
@@ -71,9 +74,14 @@ class PassSpec:
     args: tuple[tuple[str, Any], ...] = field(default=())
 
     def __str__(self) -> str:
-        if not self.args:
+        args = self.args
+        d = REGISTRY.get(self.name)
+        if d is not None and d.shown is not None:
+            keep = d.shown(dict(args))
+            args = tuple((k, v) for k, v in args if k in keep)
+        if not args:
             return self.name
-        return self.name + ":" + ",".join(f"{k}={v}" for k, v in self.args)
+        return self.name + ":" + ",".join(f"{k}={v}" for k, v in args)
 
     @property
     def kwargs(self) -> dict:
@@ -91,12 +99,13 @@ class PassSpec:
 REGISTRY: dict[str, PassDef] = {}
 
 
-def register(name: str, params: tuple[Param, ...] = (), exact: bool = True, doc: str = "", exact_if=None):
+def register(name: str, params: tuple[Param, ...] = (), exact: bool = True, doc: str = "", exact_if=None,
+             shown=None):
     """Decorator registering ``fn(program, **args) -> PassResult`` as pass ``name``."""
 
     def wrap(fn):
         REGISTRY[name] = PassDef(name, tuple(params), exact, doc or (fn.__doc__ or "").strip().split("\n")[0], fn,
-                                 exact_if)
+                                 exact_if, shown)
         return fn
 
     return wrap

@@ -206,8 +206,7 @@ def _quant_rewrite(gm: torch.fx.GraphModule, entry: str, fmt: KVQuantFormat, per
                 new = graph.call_function(KV_WRITE, (parts, CacheSite.new_value(write), position, spec, which))
                 outs.append([graph.call_function(operator.getitem, (new, j)) for j in range(per_part)])
         attn = site.attention
-        q, k, v, kv_len, scale, mask, algo = (get_arg(attn, a) for a in
-                                              ("q", "k", "v", "kv_len", "scale", "mask", "algo"))
+        q, k, v, kv_len, scale, mask = (get_arg(attn, a) for a in ("q", "k", "v", "kv_len", "scale", "mask"))
         if position is not None:  # decode: attention reads the quantized cache
             with graph.inserting_before(attn):
                 new_attn = graph.call_function(ATTENTION_KVQ, (q, outs[0], outs[1], kv_len, scale, mask, spec, "auto"))

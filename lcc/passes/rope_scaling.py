@@ -50,7 +50,14 @@ def _method_params(method, given: dict) -> dict:
     return out
 
 
-@register("rope-scaling", params=_PARAMS, exact=False,
+def _shown(args: dict) -> set:
+    """The method's own parameters (and ``original`` when set): ``rope-scaling:method=linear,factor=4``."""
+    m = METHODS.get(args.get("method"))
+    own = {p.name for p in m.params} if m is not None else {p.name for p in _PARAMS}
+    return {"method", "factor"} | {n for n in own if n in args} | ({"original"} if args.get("original") else set())
+
+
+@register("rope-scaling", params=_PARAMS, exact=False, shown=_shown,
           doc="RoPE scaling (PI, NTK, dynamic NTK, YaRN, Llama 3, LongRoPE, Giraffe power / truncate)")
 def rope_scaling(program: Program, method: str = "yarn", factor: float = 4.0, original: int = 0,
                  **params) -> PassResult:

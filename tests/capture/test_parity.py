@@ -35,6 +35,17 @@ def test_prefill_decode_generate_transformers_tokens(family, tiny):
     assert generate_ids(program, prompt, 30) == want
 
 
+def test_one_token_prompt_generates_transformers_tokens(tiny):
+    """A one-token prompt runs as a decode step at position 0 (prefill is captured for S >= 2)."""
+    loaded = tiny("llama")
+    program = canonicalize(capture(loaded, capacity=64))
+    prompt = torch.tensor([[17]])
+    with hf_eager(loaded.model) as model:
+        want = model.generate(prompt, max_new_tokens=12, do_sample=False, eos_token_id=None,
+                              pad_token_id=0, min_new_tokens=12)[0, 1:].tolist()
+    assert generate_ids(program, prompt, 12) == want
+
+
 def test_program_runs_at_lengths_other_than_the_traced_one(tiny):
     loaded = tiny("llama")
     program = capture(loaded, capacity=128, entries=("prefill",))

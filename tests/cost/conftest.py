@@ -10,3 +10,7 @@ def tiny_program():
 
     loaded = load_model("tiny-llama")
     return loaded, canonicalize(capture(loaded, 128, entries=("prefill", "decode")))
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "real_capture: the CLI test captures the model itself")

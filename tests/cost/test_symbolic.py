@@ -35,7 +35,9 @@ def test_flash_attention_flops_count_causal_pairs_on_cuda(tiny_program):
 
 def test_prefill_flops_are_quadratic_and_decode_linear(tiny_program):
     _, program = tiny_program
-    f = program_cost(program, "cpu").formulas()
+    pc = program_cost(program, "cpu")
+    assert {k: e.unpriced for k, e in pc.entries.items()} == {"prefill": [], "decode": []}
+    f = pc.formulas()
     assert sympy.degree(f["prefill_flops"], L) == 2
     assert sympy.degree(f["decode_flops"], L) == 1
 
@@ -73,8 +75,8 @@ def test_every_family_is_fully_priced(tiny):
     from lcc.capture import capture
     from lcc.passes import canonicalize
 
-    for family in ("llama", "mistral", "qwen2", "qwen3", "phi3", "gpt-neox"):
-        program = canonicalize(capture(tiny(family), 64, entries=("prefill", "decode")))
+    for family in ("mistral", "qwen2", "qwen3", "phi3", "gpt-neox"):  # llama: the fixture, both entries
+        program = canonicalize(capture(tiny(family), 64, entries=("prefill",)))
         pc = program_cost(program, "cpu")
-        assert {k: e.unpriced for k, e in pc.entries.items()} == {"prefill": [], "decode": []}, family
+        assert {k: e.unpriced for k, e in pc.entries.items()} == {"prefill": []}, family
         assert pc.evaluate(4096).prefill_flops > 0

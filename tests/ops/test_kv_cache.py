@@ -150,7 +150,11 @@ def test_the_reference_dequantizes_one_block_at_a_time(monkeypatch):
     f = KVQuantFormat.parse("int4:group=16,keys=channel,residual=16")
     sizes = []
     real = kvc._dequant_block
-    monkeypatch.setattr(kvc, "_dequant_block", lambda p, fmt, w, lo, hi: sizes.append(hi - lo) or real(p, fmt, w, lo, hi))
+    def spy(parts, fmt, which, lo, hi):
+        sizes.append(hi - lo)
+        return real(parts, fmt, which, lo, hi)
+
+    monkeypatch.setattr(kvc, "_dequant_block", spy)
     k = torch.randn(1, 1, 96, 32)
     pk = kv_quant_write(empty_parts(f, "k", h=1), k, None, str(f), "k")
     pv = kv_quant_write(empty_parts(f, "v", h=1), k, None, str(f), "v")

@@ -83,7 +83,8 @@ def dequantized(cache, fmt, layers, n):
     return out["k"], out["v"]
 
 
-@pytest.mark.parametrize("spec", ["kv-quant:bits=2,group=8,residual=8", "kv-quant:format=fp8,group=16,keys=token,residual=0",
+@pytest.mark.parametrize("spec", ["kv-quant:bits=2,group=8,residual=8",
+                                  "kv-quant:format=fp8,group=16,keys=token,residual=0",
                                   "kv-quant:bits=4,group=16,keys=channel,residual=0"])
 def test_quantized_decode_equals_hf_eager_over_the_dequantized_cache(tiny_llama, program, spec):
     q = apply_passes(program, [spec])
@@ -181,10 +182,10 @@ def test_sink_decode_equals_hf_eager_at_cache_positions(tiny_llama, program):
     """Past the window: HF eager over the sinks + window keys, rotated at positions 0..S+W-2, query at S+W-1."""
     sinks, window = 4, 16
     s = apply_passes(program, [f"kv-sink-cache:sinks={sinks},window={window}"])
-    tokens = ids(50, seed=3)
+    tokens = ids(130, seed=3)  # past the captured capacity (96): the ring has no end
     logits, caches = run(s, tokens)
     inv_freq = tiny_llama.model.model.rotary_emb.inv_freq
-    for t in (30, 49):
+    for t in (30, 49, 129):
         before = caches[t - 8]  # the cache decode step t reads: tokens 0..t-1
         kept = list(range(sinks)) + list(range(t - window + 1, t))  # token t evicts t - window
         slots = torch.tensor([int(ring_slot(torch.tensor(j), sinks, window)) for j in kept])
@@ -234,8 +235,8 @@ def test_generation_runs_past_the_window_in_constant_memory(tiny_llama, program)
 
     s = apply_passes(program, ["kv-sink-cache:sinks=4,window=16"])
     assert s.cache.bytes() == 2 * 2 * 2 * 20 * 16 * 4 and s.cache.kind == "sink-ring:sinks=4,window=16"
-    out = generate_ids(s, ids(10, seed=7), 50)
-    assert len(out) == 50  # 60 tokens through a 20-slot cache
+    out = generate_ids(s, ids(10, seed=7), 150)
+    assert len(out) == 150  # 160 tokens through a 20-slot cache, past the captured capacity of 96
 
 
 def test_sink_cache_sizes():
@@ -274,7 +275,8 @@ def test_cli_run_and_diff(capsys):
 
     from lcc.cli import main
 
-    assert main(["run", "tiny-llama", "--prompt", "Hello there", "--max-new-tokens", "8", "--pass", "kv-quant:bits=8"]) == 0
+    assert main(["run", "tiny-llama", "--prompt", "Hello there", "--max-new-tokens", "8",
+                 "--pass", "kv-quant:bits=8"]) == 0
     assert main(["run", "tiny-llama", "--prompt", "Hello there", "--max-new-tokens", "60",
                  "--pass", "kv-sink-cache:sinks=4,window=32"]) == 0  # 71 tokens through 36 slots
     capsys.readouterr()

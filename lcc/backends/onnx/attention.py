@@ -5,6 +5,12 @@ Two forms reach the exporter:
 - ``lcc.attention`` itself, for prefill (``kv_len`` None) with a ``causal`` or sink-less
   ``sliding`` mask: one ``com.microsoft::GroupQueryAttention`` (GQA native, causal, its
   ``local_window_size`` is the window; onnxruntime's fastest CPU/CUDA attention);
+- ``lcc_onnx.cache_attention(q, k_new, v_new, k_cache, v_cache, index, ...)`` for decode,
+  where the node reads ``index_copy(cache, 2, position, k_new)`` with a causal or sink-less
+  sliding mask: one GroupQueryAttention with the cache as ``past_key``/``past_value``, whose
+  ``present_key``/``present_value`` are the new cache.  Bound to the same buffer as the past
+  (onnxruntime-genai's shared past/present buffer; :class:`.runner.OnnxProgram` does the same),
+  the cache is updated in place instead of copied every step;
 - ``lcc_onnx.masked_attention(q, k, v, kv_len, allowed, ...)`` for everything else: the
   boolean mask ``allowed[Sq, Sk]`` is computed in the graph from the mask's own predicate
   (:func:`mask_allowed`, traced from :mod:`lcc.ops.masks`, so any registered mask kind
@@ -15,6 +21,8 @@ Two forms reach the exporter:
 """
 
 from __future__ import annotations
+
+import operator
 
 import torch
 import torch.fx
@@ -44,6 +52,23 @@ def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_len: 
 @masked_attention.register_fake
 def _(q, k, v, kv_len, allowed, scale, fused, empty_rows):
     return q.new_empty(q.shape[0], q.shape[1], q.shape[2], v.shape[3])
+
+
+@torch.library.custom_op("lcc_onnx::cache_attention", mutates_args=())
+def cache_attention(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, k_cache: torch.Tensor,
+                    v_cache: torch.Tensor, index: torch.Tensor, scale: float,
+                    mask: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Write k_new/v_new at ``index`` (a 1-element position) into the cache, attend over keys [0, index]."""
+    k = k_cache.index_copy(2, index, k_new)
+    v = v_cache.index_copy(2, index, v_new)
+    out = torch.ops.lcc.attention(q, k.to(q.dtype), v.to(q.dtype), index.reshape(()) + 1, scale, mask, "auto")
+    return out, k, v
+
+
+@cache_attention.register_fake
+def _(q, k_new, v_new, k_cache, v_cache, index, scale, mask):
+    return (q.new_empty(q.shape[0], q.shape[1], q.shape[2], v_cache.shape[3]), torch.empty_like(k_cache),
+            torch.empty_like(v_cache))
 
 
 def mask_allowed(mask: str, Sq, Sk, kv_len, device) -> torch.Tensor:
@@ -85,8 +110,49 @@ def _masked_call(fused: bool, empty_rows: bool):
     return call
 
 
+IN_PLACE = "GroupQueryAttention over the cache (past/present may share a buffer)"
+
+
+def _cache_write(node) -> tuple | None:
+    """(cache, index, new) when ``node`` is ``index_copy(cache, 2, index, new)`` (the decode cache write)."""
+    if not isinstance(node, torch.fx.Node) or node.target != torch.ops.aten.index_copy.default:
+        return None
+    cache, dim, index, new = node.args
+    return (cache, index, new) if dim == 2 else None
+
+
+def fuse_decode(node: torch.fx.Node, args: dict) -> str | None:
+    """Replace ``attention(q, index_copy(kc, 2, i, k), index_copy(vc, 2, i, v), i + 1)`` by one cache_attention.
+
+    The cache writes' other users (the entry's cache outputs) read the fused node's new cache.
+    """
+    kw, vw = _cache_write(args["k"]), _cache_write(args["v"])
+    if kw is None or vw is None or kw[1] is not vw[1] or args["kv_len"] is None:
+        return None
+    if gqa_window(args["mask"], None) is None or kw[2].meta["val"].shape[2] != 1:
+        return None
+    graph = node.graph
+    with graph.inserting_before(node):
+        fused = graph.call_function(torch.ops.lcc_onnx.cache_attention.default,
+                                    (args["q"], kw[2], vw[2], kw[0], vw[0], kw[1], float(args["scale"]), args["mask"]))
+        parts = [graph.call_function(operator.getitem, (fused, i)) for i in range(3)]
+    for part, src in zip(parts, (node, args["k"], args["v"])):
+        part.meta["val"] = src.meta.get("val")
+    node.replace_all_uses_with(parts[0])
+    graph.erase_node(node)
+    for write, part in ((args["k"], parts[1]), (args["v"], parts[2])):
+        write.replace_all_uses_with(part)
+        graph.erase_node(write)
+    window = gqa_window(args["mask"], None)
+    return IN_PLACE + (
+        "" if window < 0 else f" local_window_size={window}")
+
+
 def prepare(node: torch.fx.Node, args: dict, capacity: int) -> str:
     """Point an attention node at its ONNX form; returns how it will be lowered (for the report)."""
+    fused = fuse_decode(node, args)
+    if fused is not None:
+        return fused
     window = gqa_window(args["mask"], args["kv_len"])
     if window is not None:
         return "GroupQueryAttention" + ("" if window < 0 else f" local_window_size={window}")
@@ -137,6 +203,20 @@ def attention_onnx(q, k, v, kv_len, scale: float, mask: str = "causal", algo: st
     window = gqa_window(mask, kv_len)
     assert window is not None, f"attention node with mask {mask!r} should have been prepared"
     return _gqa(q, k, v, scale, window)
+
+
+def cache_attention_onnx(q, k_new, v_new, k_cache, v_cache, index, scale: float, mask: str):
+    """GroupQueryAttention with the cache as past_key/past_value; total length index + 1."""
+    op, ms = _ops()
+    hq, hkv, d = q.shape[1], k_cache.shape[1], q.shape[3]
+    batch = op.Shape(q, start=0, end=1)
+    seqlens = op.Expand(op.Cast(index, to=6), batch)  # int32 [B]: tokens before the new one
+    total = op.Cast(op.Squeeze(op.Add(index, op.Constant(value_ints=[1]))), to=6)
+    out, k_present, v_present, _ = ms.GroupQueryAttention(
+        _to_bsh(op, q), _to_bsh(op, k_new), _to_bsh(op, v_new), k_cache, v_cache, seqlens, total,
+        num_heads=hq, kv_num_heads=hkv, scale=float(scale), local_window_size=int(gqa_window(mask, None)))
+    out = op.Transpose(op.Reshape(out, op.Constant(value_ints=[0, 0, hq, d])), perm=[0, 2, 1, 3])
+    return out, k_present, v_present
 
 
 def _grouped_softmax_attention(q, k, v, allowed, scale: float, empty_rows: bool, hkv: int, dv: int):

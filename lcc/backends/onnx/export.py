@@ -24,6 +24,10 @@ from lcc.ops import registry
 OPSET = 23
 
 
+class ExportError(RuntimeError):
+    """An entry could not be exported (typically: an op without an onnx lowering whose reference does not trace)."""
+
+
 def op_args(node: torch.fx.Node) -> dict:
     """``{name: value}`` of every schema argument of an op node, defaults filled in."""
     schema = node.target._schema
@@ -39,11 +43,19 @@ def op_args(node: torch.fx.Node) -> dict:
 
 
 def _reference_call(opdef: registry.OpDef):
-    names = [a.name for a in opdef.op._schema.arguments]
-    accepted = set(inspect.signature(opdef.reference).parameters)
+    """A plain function the export traces through: the custom op's own Python body (same schema), or its reference."""
+    from torch._library.custom_ops import OPDEFS
 
-    def call(*args):
-        return opdef.reference(**{n: a for n, a in zip(names, args) if n in accepted})
+    body = getattr(OPDEFS.get(opdef.op._schema.name), "_init_fn", None)
+    if body is not None:
+        def call(*args):
+            return body(*args)
+    else:
+        names = [a.name for a in opdef.op._schema.arguments]
+        accepted = set(inspect.signature(opdef.reference).parameters)
+
+        def call(*args):
+            return opdef.reference(**{n: a for n, a in zip(names, args) if n in accepted})
 
     call.__name__ = f"{opdef.name}_reference"
     return call
@@ -104,7 +116,8 @@ def io_names(entry: str, layout) -> tuple[list[str], list[str]]:
         cache_in = [f"past_key_values.{i}.{kv}" for i in range(layout.layers) for kv in ("key", "value")]
         cache_out = [f"present.{i}.{kv}" for i in range(layout.layers) for kv in ("key", "value")]
     inputs = ["input_ids"] + (["position"] if entry == "decode" else []) + cache_in
-    return inputs, ["logits"] + cache_out
+    hidden = ["hidden_states"] if entry == "prefill_full" else []  # lcc diff's entry: every layer's hidden state
+    return inputs, ["logits", *hidden] + cache_out
 
 
 def example_args(entry: str, layout) -> tuple[tuple, tuple | None]:
@@ -130,8 +143,16 @@ def export_graph(gm: torch.fx.GraphModule, args: tuple, dynamic_shapes, input_na
     ``capacity`` bounds the positions a mask is checked over (rows that see no key).
     """
     gm, lowered = prepare_graph(gm, capacity)
-    with torch.no_grad():
-        ep = torch.export.export(gm, args, dynamic_shapes=dynamic_shapes, strict=False)
+    try:
+        with torch.no_grad():
+            ep = torch.export.export(gm, args, dynamic_shapes=dynamic_shapes, strict=False)
+    except Exception as e:
+        fallbacks = sorted({r["op"] for r in lowered if r["fallback"]})
+        if not fallbacks:
+            raise
+        raise ExportError(f"torch.export could not trace the reference decomposition of {', '.join(fallbacks)} "
+                          f"(no onnx lowering; the reference branches on sizes or data): "
+                          f"{str(e).strip().splitlines()[0][:300]}") from e
     quiet = logging.getLogger("torch.onnx._internal.exporter._registration")
     level = quiet.level
     quiet.setLevel(logging.ERROR)  # "torchvision is not installed" on every export
@@ -160,3 +181,21 @@ def light_optimize(model) -> None:
     optimizer.fold_constants(model, onnx_shape_inference=False)
     onnx_fusions.fuse(model)
     optimizer.remove_unused_nodes(model)
+    trim_unused_outputs(model)
+
+
+def trim_unused_outputs(model) -> None:
+    """Drop trailing outputs nothing reads from contrib nodes (GroupQueryAttention's ``output_qk``).
+
+    The exporter declares every output of a schema; onnxruntime refuses a GroupQueryAttention whose
+    ``output_qk`` exists without its ``qk_output`` attribute.
+    """
+    graph_outputs = set(map(id, model.graph.outputs))
+    for node in model.graph:
+        if node.domain != "com.microsoft":
+            continue
+        n = len(node.outputs)
+        while n > 1 and not node.outputs[n - 1].uses() and id(node.outputs[n - 1]) not in graph_outputs:
+            n -= 1
+        if n < len(node.outputs):
+            node.resize_outputs(n)

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from lcc.backends.onnx import genai as genai_model
+from lcc.backends.onnx.attention import IN_PLACE
 from lcc.backends.onnx.export import OPSET, export_entry, io_names
 from lcc.backends.onnx.optimize import optimize_model
-from lcc.backends.onnx.register import LOWERINGS
 from lcc.backends.onnx.weights import WEIGHTS, share_weights
 
 MANIFEST = "onnx.json"
@@ -89,10 +89,12 @@ def _lower_into(program, tmp: Path, optimize, genai, tokenizer, entries, step) -
     layout = program.cache
     raw = tmp / "raw"
     raw.mkdir()
-    t0 = time.perf_counter()
-    step(f"export {', '.join(entries)}")
-    nodes = _export_entries(program, raw, list(entries))
-    timings = {"export_s": round(time.perf_counter() - t0, 2)}
+    timings, nodes = {}, {}
+    for name in entries:
+        step(f"export {name}")
+        t0 = time.perf_counter()
+        nodes[name] = _export_one(program, name, raw)
+        timings[f"export {name}_s"] = round(time.perf_counter() - t0, 2)
     files = {name: f"{name}.onnx" for name in entries}
     why_not_genai = genai_model.unsupported(layout) if set(ENTRIES) <= set(entries) else "needs prefill and decode"
     if genai is False:
@@ -133,52 +135,6 @@ def _export_one(program, name: str, raw: Path) -> list[dict]:
     return nodes
 
 
-def _export_in_child(program, name: str, raw: Path) -> None:
-    """Body of a forked exporter: results and errors go to files; never returns (``os._exit``)."""
-    code = 1
-    try:
-        nodes = _export_one(program, name, raw)
-        (raw / f"{name}.nodes.json").write_text(json.dumps(nodes))
-        code = 0
-    except BaseException:  # reported to the parent through the file
-        import traceback
-
-        (raw / f"{name}.error").write_text(traceback.format_exc())
-    finally:
-        os._exit(code)
-
-
-def _export_entries(program, raw: Path, entries: list[str]) -> dict[str, list[dict]]:
-    """Export every entry; on a multi-core machine with ``fork`` all but the first in child processes.
-
-    The exporter is single-threaded Python (``torch.export`` + decompositions, ~1 min per entry of a
-    30-layer model), so the entries export side by side in forked copies of this process.
-    """
-    import multiprocessing as mp
-
-    parallel = len(entries) > 1 and (os.cpu_count() or 1) > 1 and "fork" in mp.get_all_start_methods() \
-        and os.environ.get("LCC_ONNX_PARALLEL", "1") != "0"
-    if not parallel:
-        return {name: _export_one(program, name, raw) for name in entries}
-    ctx = mp.get_context("fork")
-    children = {name: ctx.Process(target=_export_in_child, args=(program, name, raw), daemon=True)
-                for name in entries[1:]}
-    for child in children.values():
-        child.start()
-    try:
-        nodes = {entries[0]: _export_one(program, entries[0], raw)}
-    finally:
-        for child in children.values():
-            child.join()
-    for name, child in children.items():
-        error = raw / f"{name}.error"
-        if child.exitcode != 0:
-            detail = error.read_text() if error.exists() else f"exit code {child.exitcode}"
-            raise RuntimeError(f"exporting {name} failed:\n{detail}")
-        nodes[name] = json.loads((raw / f"{name}.nodes.json").read_text())
-    return {name: nodes[name] for name in entries}
-
-
 def _copy_model(src: Path, dst: Path) -> None:
     import onnx
 
@@ -186,12 +142,25 @@ def _copy_model(src: Path, dst: Path) -> None:
                     size_threshold=1024)
 
 
+def _native(nodes: dict) -> dict:
+    """``{op: how}`` for each lcc op the program uses that lowered natively (the distinct ways, joined)."""
+    hows: dict[str, list[str]] = {}
+    for ns in nodes.values():
+        for n in ns:
+            if not n["fallback"] and n["how"] not in hows.setdefault(n["op"], []):
+                hows[n["op"]].append(n["how"])
+    return {op: "; ".join(h) for op, h in hows.items() if h}
+
+
 def _manifest(program, files, nodes, weights, genai_info, optimize, timings) -> dict:
     layout = program.cache
     entries = {}
-    for name in (e for e in ENTRIES if e in files):
+    for name in nodes:
         inputs, outputs = io_names(name, layout)
-        entries[name] = {"file": files[name], "inputs": inputs, "outputs": outputs}
+        attention = [n for n in nodes[name] if n["op"] == "attention"]
+        in_place = (not layout.tensors and len(attention) == layout.layers
+                    and all(n["how"].startswith(IN_PLACE) for n in attention))
+        entries[name] = {"file": files[name], "inputs": inputs, "outputs": outputs, "cache_in_place": in_place}
     fallbacks = [{**n, "entry": e} for e, ns in nodes.items() for n in ns if n["fallback"]]
     return {
         "versions": _versions(),
@@ -201,7 +170,7 @@ def _manifest(program, files, nodes, weights, genai_info, optimize, timings) -> 
         "weights_bytes": weights,
         "cache": dict(layout.__dict__),
         "optimized": "ORT_ENABLE_EXTENDED (CPU provider)" if optimize else None,
-        "native": {name: lowering.how for name, lowering in LOWERINGS.items()},
+        "native": _native(nodes),
         "nodes": {e: [{k: v for k, v in n.items()} for n in ns] for e, ns in nodes.items()},
         "fallbacks": fallbacks,
         "genai": genai_info,

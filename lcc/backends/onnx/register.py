@@ -12,7 +12,9 @@ from typing import Callable
 
 import torch
 
-from lcc.backends.onnx.attention import attention_onnx, masked_attention_onnx, prepare as prepare_attention
+from lcc.backends.onnx.attention import (attention_onnx, cache_attention_onnx, masked_attention_onnx,
+                                         prepare as prepare_attention)
+from lcc.backends.onnx.rerope import prepare as prepare_rerope, rerope_unsupported
 from lcc.backends.onnx.rope import rope_onnx, rope_unsupported
 from lcc.ops import registry
 
@@ -21,7 +23,7 @@ BACKEND = "onnx"
 
 @dataclass(frozen=True)
 class OnnxLowering:
-    translate: Callable  # onnxscript (traced) function with the op's schema arguments
+    translate: Callable | None  # onnxscript (traced) function with the op's schema arguments (None: prepare only)
     unsupported: Callable[[dict], str | None]  # schema args -> reason to fall back, or None
     how: str
     prepare: Callable | None = None  # (fx node, schema args, capacity) -> how this node is lowered
@@ -42,21 +44,28 @@ def _mask_unsupported(args: dict) -> str | None:
 
 LOWERINGS = {
     "attention": OnnxLowering(attention_onnx, _mask_unsupported,
-                              "com.microsoft GroupQueryAttention (prefill; bias for other masks); keys sliced to "
-                              "kv_len + grouped MatMul/Softmax with the mask predicate in the graph (decode)",
+                              "com.microsoft GroupQueryAttention (prefill; decode over the cache in place; bias "
+                              "for other masks); else keys sliced to kv_len + grouped MatMul/Softmax with the "
+                              "mask predicate in the graph",
                               prepare_attention),
-    "rope": OnnxLowering(rope_onnx, rope_unsupported, "opset-23 RotaryEmbedding, cos/sin of positions * inv_freq"),
+    "rope": OnnxLowering(rope_onnx, rope_unsupported, "opset-23 RotaryEmbedding, cos/sin of positions * inv_freq "
+                         "(dynamic-ntk / longrope inv_freq chosen in the graph)"),
+    "rerope_attention": OnnxLowering(None, rerope_unsupported,
+                                     "two RotaryEmbedding'd score matrices + mask predicate + MatMul/Softmax",
+                                     prepare_rerope),
 }
 
 for _name, _lowering in LOWERINGS.items():
-    registry.register_lowering(_name, BACKEND, _lowering)
+    if _name in registry.ops():  # an op this installation does not declare is skipped
+        registry.register_lowering(_name, BACKEND, _lowering)
 
 
 def translation_table() -> dict:
     """``custom_translation_table`` for ``torch.onnx.export``: every op with an onnx lowering, plus helpers."""
-    table = {torch.ops.lcc_onnx.masked_attention.default: masked_attention_onnx}
+    table = {torch.ops.lcc_onnx.masked_attention.default: masked_attention_onnx,
+             torch.ops.lcc_onnx.cache_attention.default: cache_attention_onnx}
     for opdef in registry.ops().values():
         lowering = opdef.lowerings.get(BACKEND)
-        if lowering is not None:
+        if lowering is not None and lowering.translate is not None:
             table[opdef.op] = lowering.translate
     return table

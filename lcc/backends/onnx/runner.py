@@ -3,7 +3,9 @@
 ``OnnxProgram(out_dir).entries["prefill"](input_ids, *cache)`` and
 ``.entries["decode"](input_ids, position, *cache)`` take torch tensors or numpy arrays and
 return torch tensors (logits, *cache), as the program's entry graphs do, so
-:func:`lcc.runtime.generate_ids` drives it unchanged.  The CUDA provider is used when this
+:func:`lcc.runtime.generate_ids` drives it unchanged.  Where the decode graph updates the cache
+with GroupQueryAttention (``cache_in_place`` in ``onnx.json``), decode writes into the cache
+tensors it is given and returns them.  The CUDA provider is used when this
 onnxruntime has it, else the CPU.
 """
 
@@ -37,12 +39,41 @@ class _Entry:
 
     def __init__(self, session, inputs: list[str]):
         self.session, self.inputs = session, inputs
+        self.outputs = [o.name for o in session.get_outputs()]
 
-    def __call__(self, *args):
+    def _check(self, args):
         if len(args) != len(self.inputs):
             raise TypeError(f"expected {len(self.inputs)} inputs ({', '.join(self.inputs[:3])}, ...), got {len(args)}")
+
+    def __call__(self, *args):
+        self._check(args)
         outs = self.session.run(None, {name: _numpy(a) for name, a in zip(self.inputs, args)})
         return tuple(torch.from_numpy(o) for o in outs)
+
+
+class _InPlaceEntry(_Entry):
+    """An entry whose cache outputs are bound to its cache inputs' memory: the cache is updated in place.
+
+    GroupQueryAttention writes the new key/value into the bound buffer instead of copying the whole
+    cache to a fresh output every step (onnxruntime-genai's shared past/present buffer).  The cache
+    tensors passed in are modified and returned as the new cache (CPU only).
+    """
+
+    def __call__(self, *args):
+        self._check(args)
+        binding = self.session.io_binding()
+        arrays = [_numpy(a) for a in args]
+        for name, arr in zip(self.inputs, arrays):
+            binding.bind_cpu_input(name, arr)
+        cache = arrays[len(self.inputs) - len(self.outputs) + 1:]
+        binding.bind_output(self.outputs[0], "cpu")
+        for name, arr in zip(self.outputs[1:], cache):
+            if not arr.flags.writeable:
+                raise ValueError(f"{name}: the cache is updated in place and must be writeable")
+            binding.bind_output(name, "cpu", 0, arr.dtype, list(arr.shape), arr.ctypes.data)
+        self.session.run_with_iobinding(binding)
+        logits = binding.get_outputs()[0].numpy()
+        return (torch.from_numpy(logits), *(torch.from_numpy(a) for a in cache))
 
 
 class OnnxProgram:
@@ -60,7 +91,9 @@ class OnnxProgram:
         self.entries = {}
         for name, entry in self.manifest["entries"].items():
             session = ort.InferenceSession(str(self.out_dir / entry["file"]), so, providers=self.providers)
-            self.entries[name] = _Entry(session, [i.name for i in session.get_inputs()])
+            in_place = entry.get("cache_in_place") and self.providers[0] == "CPUExecutionProvider"
+            kind = _InPlaceEntry if in_place else _Entry
+            self.entries[name] = kind(session, [i.name for i in session.get_inputs()])
         self.cache = CacheLayout(**self.manifest["cache"])
 
     def generate(self, prompt_ids: torch.Tensor, max_new_tokens: int, stop=frozenset()) -> list[int]:

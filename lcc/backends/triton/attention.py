@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 
 from lcc.backends.triton.mask_mods import allowed, mask_launch_args
-from lcc.backends.triton.interpret import check_device, is_interpreted
+from lcc.backends.triton.interpret import check_device, dot_precision, is_interpreted
 from lcc.ops import sparse_masks
 
 LOG2E = 1.4426950408889634
@@ -187,7 +187,7 @@ def flash_attention(q, k, v, kv_len=None, scale=None, mask="causal", block_m=0, 
         Hq, Hq // Hkv, Sq, rows_per_batch, scale * LOG2E, *params,
         MASK=mask_id, BLOCK_M=bm, BLOCK_N=bn, D=D, DV=Dv,
         BLOCK_D=max(16, triton.next_power_of_2(D)), BLOCK_DV=max(16, triton.next_power_of_2(Dv)),
-        PREC="ieee" if q.dtype == torch.float32 else "tf32",
+        PREC=dot_precision(q.dtype),
         UPCAST=is_interpreted(_attn_fwd) and q.dtype == torch.bfloat16,
         num_warps=num_warps or cfg["num_warps"], num_stages=num_stages or cfg["num_stages"])
     return o

@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from lcc.backends.triton.interpret import check_device, is_interpreted
+from lcc.backends.triton.interpret import check_device, dot_precision, is_interpreted
 from lcc.ops.masks import MaskSpec
 
 LOG2E = 1.4426950408889634
@@ -158,7 +158,7 @@ def flash_decode(q, k, v, kv_len=None, scale=None, mask="causal", splits=0, bloc
         v.stride(0), v.stride(1), v.stride(2), Hkv, group, splits, window, sinks, scale * LOG2E,
         SLIDING=spec.kind == "sliding", BLOCK_G=max(16, triton.next_power_of_2(group)), BLOCK_N=block_n, D=D, DV=Dv,
         BLOCK_D=max(16, triton.next_power_of_2(D)), BLOCK_DV=block_dv,
-        PREC="ieee" if q.dtype == torch.float32 else "tf32",
+        PREC=dot_precision(q.dtype),
         UPCAST=is_interpreted(_decode_split) and q.dtype == torch.bfloat16,
         num_warps=num_warps, num_stages=num_stages)
     _decode_merge[(B * Hq,)](mid_o, mid_lse, o, splits, o.stride(0), o.stride(1), Hq,

@@ -20,3 +20,17 @@ def check_device(kernel, tensor) -> None:
     elif tensor.device.type != "cuda":
         raise RuntimeError("Triton kernels need CUDA tensors; for CPU tensors set TRITON_INTERPRET=1 "
                            "before triton is imported")
+
+
+def dot_precision(dtype) -> str:
+    """``tl.dot``'s input precision: fp32 inputs follow PyTorch's TF32 switch, as cuBLAS does.
+
+    ``torch.backends.cuda.matmul.allow_tf32`` (off by default) lets fp32 products round their
+    inputs to TF32 on tensor cores; otherwise fp32 stays IEEE.  Other dtypes use tensor cores
+    natively (the value is then ignored).
+    """
+    import torch
+
+    if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
+        return "ieee"
+    return "tf32"

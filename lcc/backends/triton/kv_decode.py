@@ -14,6 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
+from lcc.backends.triton.decode import _sm_count
 from lcc.backends.triton.interpret import check_device
 from lcc.ops.kv_cache import KVQuantFormat
 from lcc.ops.masks import MaskSpec
@@ -182,7 +183,7 @@ def fp8_native(device) -> bool:
     return device.type != "cuda" or torch.cuda.get_device_capability(device) >= (8, 9)
 
 
-def kvq_decode(q, k_parts, v_parts, kv_len, scale, mask="causal", fmt="int4", splits=0, block_n=0, num_warps=4,
+def kvq_decode(q, k_parts, v_parts, kv_len, scale, mask="causal", fmt="int4", splits=0, block_n=0, num_warps=2,
                native_fp8=None):
     """``lcc.attention_kvq`` for one query token per sequence (decode) with a causal or sliding mask."""
     f = KVQuantFormat.parse(fmt) if isinstance(fmt, str) else fmt
@@ -202,7 +203,9 @@ def kvq_decode(q, k_parts, v_parts, kv_len, scale, mask="causal", fmt="int4", sp
     q = q if q.stride(-1) == 1 else q.contiguous()
     group = Hq // Hkv
     block_n = block_n or 64
-    splits = splits or max(1, min(triton.cdiv(C, 4 * block_n), triton.cdiv(128, B * Hkv), 64))
+    # about 8 programs per SM (swept on an H100 with bench/kv.py's shapes: 2-3x over 128 programs in all)
+    sms = _sm_count(q.device.index) if q.device.type == "cuda" else 4
+    splits = splits or max(1, min(triton.cdiv(C, 2 * block_n), triton.cdiv(8 * sms, B * Hkv), 512))
     mid_o = torch.empty(B, Hq, splits, D, dtype=torch.float32, device=q.device)
     mid_lse = torch.empty(B, Hq, splits, dtype=torch.float32, device=q.device)
     o = q.new_empty(B, Hq, 1, D)

@@ -32,7 +32,7 @@ import triton
 import triton.language as tl
 
 from lcc.backends.triton.decode import _decode_merge, num_splits
-from lcc.backends.triton.interpret import check_device, is_interpreted
+from lcc.backends.triton.interpret import check_device, dot_precision, is_interpreted
 from lcc.ops import registry
 from lcc.ops.masks import MaskSpec
 from lcc.ops.rerope import IMPLEMENTATIONS, query_positions, rectified_positions, rerope_reference
@@ -259,7 +259,7 @@ def rerope_flash(q, k, v, positions=None, inv_freq=None, attention_scaling=1.0, 
     q_pos, lens = q_pos.to(torch.int32).contiguous(), n.reshape(B).to(torch.int32).contiguous()
     cfg = config(D, q.dtype, Sq)
     common = dict(SCALE_K=leaky_factor == 0.0 and attention_scaling != 1.0, R=2 * inv_freq.shape[0], D=D, DV=Dv,
-                  BLOCK_D=_p2(D), BLOCK_DV=_p2(Dv), PREC="ieee" if q.dtype == torch.float32 else "tf32",
+                  BLOCK_D=_p2(D), BLOCK_DV=_p2(Dv), PREC=dot_precision(q.dtype),
                   UPCAST=is_interpreted(_rerope_fwd) and q.dtype == torch.bfloat16)
     tensors = (q_in, q_out, k_in, k_out, v)
     strides = (q_in.stride(0), q_in.stride(1), *k_in.stride()[:3], *k_out.stride()[:3], *v.stride()[:3])

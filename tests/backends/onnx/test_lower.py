@@ -69,6 +69,30 @@ def test_artifact_layout(lowered):
     assert manifest["weights_bytes"]["stored_bytes"] < manifest["weights_bytes"]["referenced_bytes"]
     assert sorted(os.listdir(out.parent)) == ["artifact"]
     assert manifest["entries"]["decode"]["inputs"][:3] == ["input_ids", "position", "past_key_values.0.key"]
+    assert manifest["entries"]["decode"]["cache_in_place"] and not manifest["entries"]["prefill"]["cache_in_place"]
+
+
+def test_decode_updates_the_cache_in_place(lowered):
+    """GroupQueryAttention over the cache: the returned cache is the input's memory, written at the position only."""
+    program, _, onnx_program = lowered("llama")
+    ids = _ids(12)
+    _, *cache = onnx_program.entries["prefill"](ids, *program.cache.empty())
+    before = [c.clone() for c in cache]
+    token, position = torch.tensor([[7]]), torch.tensor(12)
+    with torch.inference_mode():
+        want = program.entries["decode"](token, position, *before)
+    got = onnx_program.entries["decode"](token, position, *cache)
+    assert all(g.data_ptr() == c.data_ptr() for g, c in zip(got[1:], cache))
+    assert _max_err(got, want) <= TOL
+    for g, b in zip(got[1:], before):  # every other slot untouched
+        assert torch.equal(torch.cat([g[:, :, :12], g[:, :, 13:]], 2), torch.cat([b[:, :, :12], b[:, :, 13:]], 2))
+
+
+def test_sinks_decode_is_not_in_place(lowered):
+    """Sinks are no GroupQueryAttention mask: that decode keeps the sliced MatMul/Softmax and copies the cache."""
+    _, out, _ = lowered("llama", ("sliding-window:window=8,sinks=2",))
+    manifest = json.loads((out / "onnx.json").read_text())
+    assert not manifest["entries"]["decode"]["cache_in_place"]
 
 
 def test_lower_replaces_existing_directory_atomically(lowered, tmp_path):
@@ -83,18 +107,15 @@ def test_lower_replaces_existing_directory_atomically(lowered, tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["art"]
 
 
-def test_backend_protocol(lowered, tmp_path):
+def test_backend_protocol(lowered):
     """``lcc compile --backend onnx`` calls BACKEND.lower into an empty directory, then BACKEND.load."""
     from lcc.backends import get_backend
 
-    program, _, _ = lowered("llama")
-    backend = get_backend("onnx")
-    out = tmp_path / "compiled"
-    out.mkdir()
-    result = backend.lower(program, out)
+    program, out, _ = lowered("llama")
+    result = lowered.results[("llama", ())]
     assert "prefill.onnx" in result.files and result.fallbacks == []
     assert set(result.native) == {"attention", "rope"}
-    runnable = backend.load(out, None)
+    runnable = get_backend("onnx").load(out, None)
     ids = _ids(10)
     with torch.inference_mode():
         want = program.entries["prefill"](ids, *program.cache.empty())[0]

@@ -30,6 +30,11 @@ ROPES = [  # (name, heads, head dim, rotary dim, attention_scaling, variant, fir
     ("longrope-long", 2, 8, 8, 1.0, "longrope:original=6", 2),
 ]
 SEQ = 9  # rope sequence length
+RREROPE = [  # (name, Sq, Sk, kv_len, window, leaky_factor)
+    ("rerope-prefill", 12, 12, None, 4, 0.0),
+    ("leaky-prefill", 12, 12, None, 4, 0.25),
+    ("leaky-decode", 1, 16, 10, 4, 0.25),
+]
 
 
 def _attention_inputs(Sq, Sk, seed):
@@ -59,6 +64,11 @@ class AllOps(torch.nn.Module):
             for j, t in enumerate(_rope_inputs(heads, dim, rotary, variant, first, i)):
                 self.register_buffer(f"r{i}_{j}", t)
             self.calls.append(("rope", i, scaling, variant))
+        for i, (name, Sq, Sk, kv_len, window, leaky) in enumerate(RREROPE):
+            for j, t in enumerate(_attention_inputs(Sq, Sk, 100 + i)):
+                self.register_buffer(f"e{i}_{j}", t)
+            self.calls.append(("e-rerope", i, (kv_len, window, leaky), None))
+        self.register_buffer("inv_freq", 1.0 / (10000 ** (torch.arange(0, 16, 2).float() / 16)))
 
     def inputs(self, kind, i):
         return [getattr(self, f"{kind[0]}{i}_{j}") for j in range(3)]
@@ -70,6 +80,12 @@ class AllOps(torch.nn.Module):
                 q, k, v = self.inputs(kind, i)
                 kv_len = None if b is None else torch.tensor(b)
                 outs.append(torch.ops.lcc.attention(q + x, k, v, kv_len, 0.25, a))
+            elif kind == "e-rerope":
+                q, k, v = self.inputs(kind, i)
+                kv_len, window, leaky = a
+                kv_len = None if kv_len is None else torch.tensor(kv_len)
+                outs.append(torch.ops.lcc.rerope_attention(q + x, k, v, None, self.inv_freq, 1.0, kv_len, 0.25,
+                                                           window, leaky, "causal"))
             else:
                 t, pos, inv = self.inputs(kind, i)
                 outs.append(torch.ops.lcc.rope(t + x, pos, inv, a, b))
@@ -113,6 +129,19 @@ def test_rope_matches_reference(run_all, name):
     x, pos, inv = module.inputs("rope", i)
     want = rope_reference(x, pos, inv, scaling, variant)
     np.testing.assert_allclose(outs[len(MASKS) * len(CASES) + i], want.numpy(), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", [r[0] for r in RREROPE])
+def test_rerope_matches_reference(run_all, name):
+    from lcc.ops.rerope import rerope_reference
+
+    module, outs, _, _ = run_all
+    i = [r[0] for r in RREROPE].index(name)
+    _, _, _, kv_len, window, leaky = RREROPE[i]
+    q, k, v = module.inputs("e-rerope", i)
+    want = rerope_reference(q, k, v, None, module.inv_freq, 1.0, None if kv_len is None else torch.tensor(kv_len),
+                            0.25, window, leaky, "causal")
+    np.testing.assert_allclose(outs[len(MASKS) * len(CASES) + len(ROPES) + i], want.numpy(), atol=1e-5, rtol=0)
 
 
 def test_ops_lower_natively(run_all):
