@@ -37,8 +37,23 @@ def _tvm(program, work):
     return TvmProgram(work, target="llvm").entries[ENTRY]
 
 
+def _triton(program, work):
+    from pathlib import Path
+
+    from torch._inductor import aoti_load_package
+
+    import lcc.backends.triton.ops  # noqa: F401  (ops left opaque in the package call the registered op)
+    from lcc.backends.triton.compile import _Entry, compile_entry, default_device
+
+    device = default_device()
+    Path(work).mkdir(parents=True, exist_ok=True)
+    package = Path(work) / f"{ENTRY}.pt2"
+    compile_entry(program, ENTRY, package, device)
+    return _Entry(aoti_load_package(str(package)), device)
+
+
 # backend name -> (program, work dir) -> callable (input_ids, *cache) -> (logits, hidden, *cache)
-LOWER_FOR_DIFF: dict[str, Callable] = {"torch": _torch, "onnx": _onnx, "tvm": _tvm}
+LOWER_FOR_DIFF: dict[str, Callable] = {"torch": _torch, "onnx": _onnx, "tvm": _tvm, "triton": _triton}
 
 
 def check_backend(name: str) -> None:
@@ -56,5 +71,5 @@ def lowered_outputs(name: str, program, ids: torch.Tensor):
         run = LOWER_FOR_DIFF[name](program, f"{work}/artifact")
         with torch.inference_mode():
             logits, hidden, *_ = run(ids, *program.cache.empty())
-        logits, hidden = torch.as_tensor(logits), torch.as_tensor(hidden)
+        logits, hidden = torch.as_tensor(logits).cpu(), torch.as_tensor(hidden).cpu()
         return logits[0].float().clone(), hidden[:, 0].float().clone()

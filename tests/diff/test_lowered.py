@@ -27,6 +27,14 @@ def test_lowered_stage_matches_the_last_pass(tiny, backend):
     _lowered_follows_last_pass(reports, backend)
 
 
+@pytest.mark.slow
+def test_lowered_triton_stage_matches_the_last_pass(tiny):
+    """AOTInductor package of the entry (Triton kernels on CUDA; the ops' bodies compiled to C++ on CPU)."""
+    pytest.importorskip("triton")
+    reports = diff(tiny("llama"), [SINKS], length=24, backend="triton")
+    _lowered_follows_last_pass(reports, "triton")
+
+
 def test_cli_diff_backend_json():
     pytest.importorskip("onnxruntime")
     r = lcc("diff", "tiny-qwen2", "--len", "40", "--backend", "onnx", "--json")
