@@ -22,6 +22,9 @@ QUALITIES = ("exact", "balanced", "any")
 BUDGET_FRACTION = 0.9  # of the device's memory: the rest for the runtime, the CUDA context and fragmentation
 CHUNKS = (256, 1024, 4096)
 KNOWN = {"flash", "attention-chunked", "sliding-window"}
+# passes the planner never proposes on its own: memory-tokens needs memory trained for the model
+# (`lcc train-memory`) and runs as a segment loop outside the captured graphs, which the cost walk cannot price
+NOT_PLANNED = {"memory-tokens"}
 CAPTURE_CAPACITY = 128  # the capacity is symbolic in the cost: a small capture prices every length
 
 
@@ -80,7 +83,7 @@ def candidate_pass_lists(target_len: int, registry=None) -> list[list[str]]:
             lists.append([sw, "flash"])
         if "attention-chunked" in reg:
             lists.append([sw, "attention-chunked:chunk=1024"])
-    for name in sorted(set(reg) - KNOWN):
+    for name in sorted(set(reg) - KNOWN - NOT_PLANNED):
         lists.append([name])
         if "flash" in reg:
             lists.append([name, "flash"])
