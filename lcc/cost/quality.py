@@ -28,6 +28,13 @@ HARSHNESS: dict[str, Callable[[dict, int], float]] = {
 }
 
 
+# pass name -> key(params): only measurements with the spec's key count (the RoPE method, the cache format)
+SAME: dict[str, Callable[[dict], object]] = {
+    "rope-scaling": lambda p: p.get("method"),
+    "kv-quant": lambda p: "fp8" if p.get("format") == "fp8" else f"int{p.get('bits')}",
+}
+
+
 @dataclass(frozen=True)
 class Risk:
     level: str
@@ -60,11 +67,15 @@ def pass_risk(spec: PassSpec, length: int, data: dict[str, dict] | None = None) 
     if spec.exact_for(length):
         return Risk("none", f"{spec.name}: exact")
     doc = (load_measurements() if data is None else data).get(spec.name)
-    if not doc or not doc.get("points"):
+    points = (doc or {}).get("points") or []
+    same = SAME.get(spec.name)
+    if same is not None:
+        points = [p for p in points if same(p["params"]) == same(spec.kwargs)]
+    if not points:
         return Risk("unmeasured", f"{spec.name}: approximate, no measurements")
     harsh = HARSHNESS.get(spec.name, lambda p, n: float(n))
     target = harsh(spec.kwargs, length)
-    scored = sorted((harsh(p["params"], p["length"]), p) for p in doc["points"])
+    scored = sorted(((harsh(p["params"], p["length"]), p) for p in points), key=lambda sp: sp[0])
     above = [sp for sp in scored if sp[0] >= target]
     key, point = above[0] if above else scored[-1]
     rel = point["value"] / point["baseline"] - 1

@@ -38,3 +38,20 @@ def test_quality_modes(quality, level, ok):
     from lcc.cost.quality import allowed
 
     assert allowed(level, quality) is ok
+
+
+def test_measurements_count_only_for_the_same_method_or_format():
+    point = lambda params, n, base, value: {"params": params, "length": n, "baseline": base, "value": value}  # noqa
+    data = {"rope-scaling": {"pass": "rope-scaling", "metric": "ppl", "model": "m", "points": [
+                point({"method": "yarn", "factor": 4.0}, 8192, 6.0, 6.03),
+                point({"method": "ntk", "factor": 4.0}, 8192, 6.0, 9.0)]},
+            "kv-quant": {"pass": "kv-quant", "metric": "ppl", "model": "m", "points": [
+                point({"bits": 2, "format": "int"}, 8192, 6.0, 8.0),
+                point({"format": "fp8"}, 8192, 6.0, 6.001)]}}
+    risk = lambda text: pass_risk(parse_pass(text), 8192, data=data)  # noqa: E731
+    assert risk("rope-scaling:method=yarn,factor=4").level == "low"  # +0.5%: yarn's own point
+    assert risk("rope-scaling:method=ntk,factor=4").level == "high"  # +50%
+    assert risk("rope-scaling:method=llama3,factor=4").level == "unmeasured"
+    assert risk("kv-quant:bits=2").level == "high" and risk("kv-quant:format=fp8").level == "low"
+    assert risk("kv-quant:bits=8").level == "unmeasured"
+
