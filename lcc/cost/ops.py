@@ -21,10 +21,9 @@ from lcc.ops import registry
 
 
 def _schema_args(node) -> dict:
-    from lcc.passes.graph import full_args
+    from lcc.passes.graph import named_args
 
-    names = [a.name for a in node.target._schema.arguments]
-    return dict(zip(names, full_args(node)))
+    return named_args(node)
 
 
 def attention_rule(node, ctx: Ctx) -> NodeCost:

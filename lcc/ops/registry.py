@@ -45,3 +45,24 @@ def register_lowering(op_name: str, backend: str, fn: Callable) -> None:
 
 def lowering(op_name: str, backend: str) -> Callable | None:
     return _OPS[op_name].lowerings.get(backend)
+
+
+def reference_call(opdef: OpDef) -> Callable:
+    """A plain function calling the op's reference with the schema's positional arguments (for tracing)."""
+    import inspect
+
+    names = [a.name for a in opdef.op._schema.arguments]
+    accepted = set(inspect.signature(opdef.reference).parameters)
+
+    def call(*args):
+        return opdef.reference(**{n: a for n, a in zip(names, args) if n in accepted})
+
+    call.__name__ = f"{opdef.name}_reference"
+    return call
+
+
+def eager_body(opdef: OpDef) -> Callable | None:
+    """The Python function behind the custom op (its eager CPU semantics), if torch exposes it."""
+    from torch._library import custom_ops
+
+    return getattr(custom_ops.OPDEFS.get(opdef.op._schema.name), "_init_fn", None)

@@ -25,14 +25,20 @@ def _rotate_half(x):
     return torch.cat((-x2, x1), dim=-1)
 
 
-def _variant_inv_freq(inv_freq, positions, variant):
-    if not variant:
-        return inv_freq, 1.0
-    name, _, rest = variant.partition(":")
+def parse_variant(variant: str) -> tuple[str, dict[str, float]]:
+    """``name:key=value,...`` -> (name, {key: float}); ``""`` -> ("", {})."""
+    name, _, rest = (variant or "").partition(":")
     params = {}
     for item in filter(None, rest.split(",")):
         key, _, val = item.partition("=")
         params[key] = float(val)
+    return name, params
+
+
+def _variant_inv_freq(inv_freq, positions, variant):
+    if not variant:
+        return inv_freq, 1.0
+    name, params = parse_variant(variant)
     return VARIANTS[name](inv_freq, positions, **params)
 
 

@@ -42,6 +42,11 @@ def full_args(node: torch.fx.Node) -> list:
     return args
 
 
+def named_args(node: torch.fx.Node) -> dict:
+    """``{name: value}`` of every schema argument of an op node, defaults filled in (FX nodes stay nodes)."""
+    return dict(zip((a.name for a in node.target._schema.arguments), full_args(node)))
+
+
 def set_args(node: torch.fx.Node, **changes) -> None:
     """Set named schema arguments of an lcc op node."""
     schema = node.target._schema
@@ -54,8 +59,7 @@ def set_args(node: torch.fx.Node, **changes) -> None:
 
 
 def get_arg(node: torch.fx.Node, name: str):
-    names = [a.name for a in node.target._schema.arguments]
-    return full_args(node)[names.index(name)]
+    return named_args(node)[name]
 
 
 def parse_layers(text: str, n_layers: int) -> set[int]:

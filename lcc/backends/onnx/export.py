@@ -9,7 +9,6 @@ length dynamic for prefill) and converted by ``torch.onnx.export`` with the
 
 from __future__ import annotations
 
-import inspect
 import logging
 import warnings
 
@@ -20,6 +19,7 @@ from torch.export import Dim
 from lcc.backends.onnx.register import BACKEND, translation_table
 from lcc.capture.program import copy_graph_module
 from lcc.ops import registry
+from lcc.passes.graph import named_args as op_args
 
 OPSET = 23
 
@@ -28,34 +28,14 @@ class ExportError(RuntimeError):
     """An entry could not be exported (typically: an op without an onnx lowering whose reference does not trace)."""
 
 
-def op_args(node: torch.fx.Node) -> dict:
-    """``{name: value}`` of every schema argument of an op node, defaults filled in."""
-    schema = node.target._schema
-    values = {}
-    for i, arg in enumerate(schema.arguments):
-        if i < len(node.args):
-            values[arg.name] = node.args[i]
-        elif arg.name in node.kwargs:
-            values[arg.name] = node.kwargs[arg.name]
-        else:
-            values[arg.name] = arg.default_value if arg.has_default_value() else None
-    return values
-
-
 def _reference_call(opdef: registry.OpDef):
     """A plain function the export traces through: the custom op's own Python body (same schema), or its reference."""
-    from torch._library.custom_ops import OPDEFS
+    body = registry.eager_body(opdef)
+    if body is None:
+        return registry.reference_call(opdef)
 
-    body = getattr(OPDEFS.get(opdef.op._schema.name), "_init_fn", None)
-    if body is not None:
-        def call(*args):
-            return body(*args)
-    else:
-        names = [a.name for a in opdef.op._schema.arguments]
-        accepted = set(inspect.signature(opdef.reference).parameters)
-
-        def call(*args):
-            return opdef.reference(**{n: a for n, a in zip(names, args) if n in accepted})
+    def call(*args):
+        return body(*args)
 
     call.__name__ = f"{opdef.name}_reference"
     return call

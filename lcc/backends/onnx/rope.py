@@ -11,16 +11,9 @@ max(positions) + 1 and chosen with ``Where`` (their torch form branches on the d
 
 from __future__ import annotations
 
+from lcc.ops.rope import parse_variant as _parse_variant
+
 VARIANTS = ("dynamic-ntk", "longrope")
-
-
-def _parse_variant(variant: str) -> tuple[str, dict[str, float]]:
-    name, _, rest = variant.partition(":")
-    params = {}
-    for item in filter(None, rest.split(",")):
-        key, _, val = item.partition("=")
-        params[key] = float(val)
-    return name, params
 
 
 def rope_unsupported(args: dict) -> str | None:

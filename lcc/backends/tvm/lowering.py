@@ -12,7 +12,6 @@ recompiling.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import os
 import time
@@ -72,30 +71,10 @@ def export_library(executable, out: Path, stem: str) -> str:
     return name
 
 
-def _reference_call(opdef: registry.OpDef) -> Callable:
-    """A plain function calling the op's reference with the schema's positional arguments."""
-    names = [a.name for a in opdef.op._schema.arguments]
-    accepted = set(inspect.signature(opdef.reference).parameters)
-
-    def call(*args):
-        return opdef.reference(**{n: a for n, a in zip(names, args) if n in accepted})
-
-    call.__name__ = f"{opdef.name}_reference"
-    return call
-
-
-def _eager_call(opdef: registry.OpDef) -> Callable | None:
-    """The Python function behind the custom op (its eager CPU semantics), if torch exposes it."""
-    from torch._library import custom_ops
-
-    found = custom_ops.OPDEFS.get(opdef.op._schema.name)
-    return getattr(found, "_init_fn", None)
-
-
 # How a node without a TVM lowering is decomposed, tried in this order: the op's reference (the
 # oracle, written to be read), then the op's own eager function (when the reference's signature is
 # not the schema's); whichever torch.export can trace with a dynamic sequence length is used.
-DECOMPOSITIONS = {"reference": _reference_call, "eager": _eager_call}
+DECOMPOSITIONS = {"reference": registry.reference_call, "eager": registry.eager_body}
 
 
 def with_fallbacks(gm: torch.fx.GraphModule, how: str = "reference") -> tuple[torch.fx.GraphModule, list[dict]]:

@@ -4,19 +4,7 @@ from __future__ import annotations
 
 import torch.fx
 
-
-def op_args(node: torch.fx.Node) -> dict:
-    """``{name: value}`` of every schema argument (FX nodes stay nodes; defaults filled in)."""
-    schema = node.target._schema
-    values = {}
-    for i, arg in enumerate(schema.arguments):
-        if i < len(node.args):
-            values[arg.name] = node.args[i]
-        elif arg.name in node.kwargs:
-            values[arg.name] = node.kwargs[arg.name]
-        else:
-            values[arg.name] = arg.default_value if arg.has_default_value() else None
-    return values
+from lcc.passes.graph import named_args as op_args
 
 
 def relax_args(node: torch.fx.Node, importer) -> dict:

@@ -19,17 +19,9 @@ from tvm import relax
 from tvm.relax import op as R
 
 from lcc.backends.tvm.nodes import dtype as dtype_of, relax_args, shape
+from lcc.ops.rope import parse_variant as _parse_variant
 
 NATIVE_VARIANTS = ("dynamic-ntk", "longrope")
-
-
-def _parse_variant(variant: str) -> tuple[str, dict[str, float]]:
-    name, _, rest = variant.partition(":")
-    params = {}
-    for item in filter(None, rest.split(",")):
-        key, _, val = item.partition("=")
-        params[key] = float(val)
-    return name, params
 
 
 def rope_unsupported(args: dict) -> str | None:
