@@ -41,9 +41,9 @@ def from_docs(out: Path) -> None:
     base = {L: v["ppl"] for r in rope if r["method"] == "none" for L, v in r["results"].items()}
     docs = {}
     for r in rope:
-        name = {"rerope": "rerope", "leaky-rerope": "leaky-rerope"}.get(r["method"], "rope-scaling")
         if r["method"] == "none":
             continue
+        name = r["method"] if r["method"].endswith("rerope") else "rope-scaling"  # the pass that ran
         spec = r["passes"][0]
         params = dict(kv.split("=") for kv in spec.partition(":")[2].split(",") if kv)
         params = {k: (float(v) if k == "factor" else int(v) if v.isdigit() else v) for k, v in params.items()}

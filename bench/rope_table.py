@@ -47,7 +47,7 @@ def measure(args, save) -> list[dict]:
 
     import lcc
     from lcc.capture.export import capture
-    from lcc.eval import eval_passkey, eval_ppl
+    from lcc.eval import capacity_for, eval_passkey, eval_ppl
     from lcc.passes import apply_passes, canonicalize, parse_pass
     from lcc.runtime import to_device
     from lcc.eval.text import kjv_text
@@ -61,8 +61,8 @@ def measure(args, save) -> list[dict]:
     loaded = load_model("smollm2-135m")
     text = kjv_text()
     # one capture for every method: the passes are applied to copies of the same canonical program
-    capacity = -(-(max(lengths) + 16) // 64) * 64
-    canonical = canonicalize(capture(loaded, capacity, entries=("prefill", "decode", "prefill_logits")))
+    canonical = canonicalize(capture(loaded, capacity_for(max(lengths)),
+                                     entries=("prefill", "decode", "prefill_logits")))
     rows = []
     for name in args.methods.split(","):
         if name not in METHODS:

@@ -32,8 +32,8 @@ def eos_ids(loaded_model) -> set[int]:
 
 def device_of(program) -> torch.device:
     """The device a program's weights live on (``cpu`` for programs without parameters)."""
-    dev = getattr(program, "meta", {}).get("device") if isinstance(getattr(program, "meta", None), dict) else None
-    return torch.device(dev or "cpu")
+    meta = getattr(program, "meta", None)
+    return torch.device((meta.get("device") if isinstance(meta, dict) else None) or "cpu")
 
 
 def to_device(program: Program, device: str) -> Program:

@@ -21,10 +21,14 @@ class EvalResult:
         return {"length": self.length, **self.metrics}
 
 
+def capacity_for(max_len: int) -> int:
+    """The cache capacity an evaluation up to ``max_len`` tokens captures: room for the answer, 64-aligned."""
+    return -(-(max_len + 16) // 64) * 64
+
+
 def prepare(loaded: LoadedModel, passes, max_len: int, entries, device: str = "cpu") -> object:
     specs = [parse_pass(p) if isinstance(p, str) else p for p in passes]
-    capacity = -(-(max_len + 16) // 64) * 64
-    program = canonicalize(capture(loaded, capacity, entries=entries))
+    program = canonicalize(capture(loaded, capacity_for(max_len), entries=entries))
     program = apply_passes(program, specs)
     if device != "cpu":
         from lcc.runtime import to_device
