@@ -10,13 +10,16 @@ from lcc.diff import LOGIT_TOL, diff
 def test_attention_passes_on_smollm2(smollm2):
     n = 256
     passes = ["flash",
+              "attention-chunked:chunk=64",  # exact: the CPU fallback, 4 query chunks
               "block-sparse:pattern=strided,block=16,stride=4,layers=0-14",
               "sliding-window:window=256,sinks=0,layers=15-29",  # W >= length: exact
               "linear-attention:feature_map=elu"]
     reports = diff(smollm2, passes, length=n)
-    canonical, flash, sparse, sliding, linear = reports[2:]
+    canonical, flash, chunked, sparse, sliding, linear = reports[2:]
     assert canonical.name == "canonical" and canonical.ok
     assert flash.exact and flash.ok and flash.vs_prev_max_abs <= LOGIT_TOL
+    assert chunked.name.startswith("attention-chunked") and chunked.exact and chunked.ok
+    assert chunked.vs_prev_max_abs <= LOGIT_TOL and abs(chunked.max_abs - canonical.max_abs) <= LOGIT_TOL
     assert sliding.exact and sliding.ok and sliding.vs_prev_max_abs <= LOGIT_TOL
     for approx in (sparse, linear):
         assert not approx.exact and approx.ok  # reported, not failed

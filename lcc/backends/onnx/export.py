@@ -16,6 +16,7 @@ import torch
 import torch.fx
 from torch.export import Dim
 
+from lcc.backends.onnx.fuse import fuse_attention_blocks, share_tied_embedding
 from lcc.backends.onnx.register import BACKEND, translation_table
 from lcc.capture.program import copy_graph_module
 from lcc.ops import registry
@@ -66,8 +67,9 @@ def prepare_graph(gm: torch.fx.GraphModule, capacity: int) -> tuple[torch.fx.Gra
     """A copy of ``gm`` ready for export, and per lcc node how it is lowered (``native`` or ``fallback``)."""
     gm = copy_graph_module(gm)
     strip_noops(gm)
+    share_tied_embedding(gm)
+    lowered = fuse_attention_blocks(gm, capacity)
     by_op = {opdef.op: opdef for opdef in registry.ops().values()}
-    lowered = []
     for node in list(gm.graph.nodes):
         opdef = by_op.get(node.target) if node.op == "call_function" else None
         if opdef is None:
@@ -162,6 +164,59 @@ def light_optimize(model) -> None:
     onnx_fusions.fuse(model)
     optimizer.remove_unused_nodes(model)
     trim_unused_outputs(model)
+    rms_as_simplified_layer_norm(model)
+
+
+def rms_as_simplified_layer_norm(model) -> int:
+    """Opset-23 ``RMSNormalization`` -> onnxruntime's fused norms (same attributes, same math); returns how many.
+
+    ``Add`` + norm (a residual add and the next layer's norm) becomes one ``com.microsoft``
+    ``SkipSimplifiedLayerNormalization`` whose fourth output is the sum the residual path goes on
+    with; a norm with no such add becomes ``SimplifiedLayerNormalization``.  This is the form
+    onnxruntime-genai's builder emits; onnxruntime's own optimiser does not fuse the standard op
+    (smollm2's decode graph kept 60 Add and 61 norm nodes).
+    """
+    import onnx_ir as ir
+
+    graph_outputs = set(map(id, model.graph.outputs))
+    n = 0
+    for node in list(model.graph):
+        if node.op_type != "RMSNormalization" or node.domain != "" or len(node.inputs) != 2:
+            continue
+        axis = node.attributes.get("axis")
+        if axis is not None and axis.as_int() != -1:
+            continue
+        x, gamma = node.inputs
+        add = x.producer()
+        a, b = (add.inputs if add is not None and add.op_type == "Add" and add.domain == "" else (None, None))
+        same = (a is not None and a.shape is not None and b.shape is not None and len(a.shape) == 3
+                and a.shape == b.shape and id(x) not in graph_outputs)
+        eps = node.attributes.get("epsilon")
+        attrs = {"epsilon": ir.AttrFloat32("epsilon", eps.as_float() if eps is not None else 1e-5)}
+        if same:
+            fused = ir.Node("com.microsoft", "SkipSimplifiedLayerNormalization", [a, b, gamma], attrs, num_outputs=4)
+            model.graph.insert_before(node, fused)
+            fused.outputs[0].name, fused.outputs[0].shape, fused.outputs[0].type = (
+                node.outputs[0].name + "_skip", node.outputs[0].shape, node.outputs[0].type)
+            fused.outputs[3].shape, fused.outputs[3].type = x.shape, x.type
+            fused.outputs[3].name = x.name + "_sum"
+            ir.convenience.replace_all_uses_with(node.outputs[0], fused.outputs[0], replace_graph_outputs=True)
+            ir.convenience.replace_all_uses_with(x, fused.outputs[3])
+            model.graph.remove(node, safe=True)
+            if not add.outputs[0].uses():
+                model.graph.remove(add, safe=True)
+        else:
+            simplified = ir.Node("", "SimplifiedLayerNormalization", [x, gamma], {**attrs, "axis": ir.AttrInt64("axis", -1)},
+                                 num_outputs=1)
+            model.graph.insert_before(node, simplified)
+            simplified.outputs[0].shape, simplified.outputs[0].type = node.outputs[0].shape, node.outputs[0].type
+            simplified.outputs[0].name = node.outputs[0].name + "_sln"
+            ir.convenience.replace_all_uses_with(node.outputs[0], simplified.outputs[0], replace_graph_outputs=True)
+            model.graph.remove(node, safe=True)
+        n += 1
+    if n and "com.microsoft" not in model.opset_imports:
+        model.opset_imports["com.microsoft"] = 1
+    return n
 
 
 def trim_unused_outputs(model) -> None:

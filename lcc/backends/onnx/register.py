@@ -14,6 +14,7 @@ import torch
 
 from lcc.backends.onnx.attention import (attention_onnx, cache_attention_onnx, masked_attention_onnx,
                                          prepare as prepare_attention)
+from lcc.backends.onnx.fuse import packed_attention_onnx
 from lcc.backends.onnx.rerope import prepare as prepare_rerope, rerope_unsupported
 from lcc.backends.onnx.rope import rope_onnx, rope_unsupported
 from lcc.ops import registry
@@ -63,7 +64,8 @@ for _name, _lowering in LOWERINGS.items():
 def translation_table() -> dict:
     """``custom_translation_table`` for ``torch.onnx.export``: every op with an onnx lowering, plus helpers."""
     table = {torch.ops.lcc_onnx.masked_attention.default: masked_attention_onnx,
-             torch.ops.lcc_onnx.cache_attention.default: cache_attention_onnx}
+             torch.ops.lcc_onnx.cache_attention.default: cache_attention_onnx,
+             torch.ops.lcc_onnx.packed_attention.default: packed_attention_onnx}
     for opdef in registry.ops().values():
         lowering = opdef.lowerings.get(BACKEND)
         if lowering is not None and lowering.translate is not None:

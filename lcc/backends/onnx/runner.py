@@ -59,21 +59,43 @@ class _InPlaceEntry(_Entry):
     tensors passed in are modified and returned as the new cache (CPU only).
     """
 
+    _binding = None
+    _bound: tuple = ()
+
     def __call__(self, *args):
         self._check(args)
-        binding = self.session.io_binding()
         arrays = [_numpy(a) for a in args]
-        for name, arr in zip(self.inputs, arrays):
-            binding.bind_cpu_input(name, arr)
-        cache = arrays[len(self.inputs) - len(self.outputs) + 1:]
-        binding.bind_output(self.outputs[0], "cpu")
-        for name, arr in zip(self.outputs[1:], cache):
-            if not arr.flags.writeable:
-                raise ValueError(f"{name}: the cache is updated in place and must be writeable")
-            binding.bind_output(name, "cpu", 0, arr.dtype, list(arr.shape), arr.ctypes.data)
+        cache = [arr for name, arr in zip(self.inputs, arrays) if name.startswith("past")]
+        cache_out = [name for name in self.outputs if name.startswith("present")]
+        if len(cache) != len(cache_out):
+            raise ValueError(f"{len(cache)} cache inputs but {len(cache_out)} cache outputs")
+        bound = dict(zip(cache_out, cache))
+        key = tuple((a.ctypes.data, a.shape, a.dtype.str) for a in cache)
+        binding = self._binding
+        if binding is None or key != self._bound:  # a new cache: bind its buffers as inputs and outputs once
+            binding = self.session.io_binding()
+            for name, arr in zip(self.inputs, arrays):
+                if name.startswith("past"):
+                    binding.bind_input(name, "cpu", 0, arr.dtype, list(arr.shape), arr.ctypes.data)
+            for name in self.outputs:  # in output order: get_outputs() lists them in the order first bound
+                arr = bound.get(name)
+                if arr is None:
+                    binding.bind_output(name, "cpu")
+                elif not arr.flags.writeable:
+                    raise ValueError(f"{name}: the cache is updated in place and must be writeable")
+                else:
+                    binding.bind_output(name, "cpu", 0, arr.dtype, list(arr.shape), arr.ctypes.data)
+            self._binding, self._bound = binding, key
+        for name, arr in zip(self.inputs, arrays):  # the small inputs change every call
+            if not name.startswith("past"):
+                binding.bind_cpu_input(name, arr)
+        for name in self.outputs:  # re-bound each call (same place in the binding): the shape may change
+            if name not in bound:
+                binding.bind_output(name, "cpu")
         self.session.run_with_iobinding(binding)
-        logits = binding.get_outputs()[0].numpy()
-        return (torch.from_numpy(logits), *(torch.from_numpy(a) for a in cache))
+        values = dict(zip(self.outputs, binding.get_outputs()))
+        return tuple(torch.from_numpy(bound[name]) if name in bound else torch.from_numpy(values[name].numpy())
+                     for name in self.outputs)
 
 
 class OnnxProgram:

@@ -69,7 +69,51 @@ def test_artifact_layout(lowered):
     assert manifest["weights_bytes"]["stored_bytes"] < manifest["weights_bytes"]["referenced_bytes"]
     assert sorted(os.listdir(out.parent)) == ["artifact"]
     assert manifest["entries"]["decode"]["inputs"][:3] == ["input_ids", "position", "past_key_values.0.key"]
-    assert manifest["entries"]["decode"]["cache_in_place"] and not manifest["entries"]["prefill"]["cache_in_place"]
+    assert manifest["entries"]["decode"]["cache_in_place"] and manifest["entries"]["prefill"]["cache_in_place"]
+
+
+def _op_types(path):
+    import collections
+
+    import onnx
+
+    return collections.Counter(n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_attention_blocks_fuse_into_packed_rotary_gqa(lowered, family):
+    """Plain Llama-family layers lower as the genai builder's graph: one QKV MatMul, rotary inside
+    GroupQueryAttention, residual add fused into the next norm; no RotaryEmbedding / Transpose left.
+    (Numerical agreement with the program is test_prefill_and_decode_match_program.)"""
+    program, out, _ = lowered(family)
+    layers = program.cache.layers
+    manifest = json.loads((out / "onnx.json").read_text())
+    for entry in ("prefill", "decode"):
+        ops = _op_types(out / f"{entry}.onnx")
+        assert ops["GroupQueryAttention"] == layers and ops["RotaryEmbedding"] == 0 and ops["Transpose"] == 0
+        assert ops["SkipSimplifiedLayerNormalization"] == 2 * layers  # every norm but the first
+        assert ops["MatMul"] + ops["Gemm"] == 5 * layers + 1  # qkv, o, gate, up, down; lm_head
+        hows = [n["how"] for n in manifest["nodes"][entry] if n["op"] == "attention"]
+        assert len(hows) == layers and all("packed QKV" in h for h in hows)
+
+
+def test_unfusable_blocks_keep_the_plain_lowering(lowered):
+    """Partial rotary (gpt-neox) is not GroupQueryAttention's rotary: RotaryEmbedding stays, and the result
+    still matches (test_prefill_and_decode_match_program)."""
+    program, out, _ = lowered("gpt-neox")
+    assert _op_types(out / "decode.onnx")["RotaryEmbedding"] == 2 * program.cache.layers
+
+
+def test_prefill_writes_the_cache_in_place(lowered):
+    """Fused prefill: GroupQueryAttention writes the prompt's K/V into the bound cache buffer, rest untouched."""
+    program, _, onnx_program = lowered("llama")
+    ids = _ids(12)
+    cache = [torch.full_like(c, 7.0) for c in program.cache.empty()]
+    with torch.inference_mode():
+        want = program.entries["prefill"](ids, *[c.clone() for c in cache])
+    got = onnx_program.entries["prefill"](ids, *cache)
+    assert all(g.data_ptr() == c.data_ptr() for g, c in zip(got[1:], cache))
+    assert _max_err(got, want) <= TOL
 
 
 def test_decode_updates_the_cache_in_place(lowered):

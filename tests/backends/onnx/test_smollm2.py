@@ -57,3 +57,12 @@ def test_genai_loads_the_artifact_and_matches_transformers(artifact):
 
     result, ids, want = artifact
     assert genai_generate(result.out, ids.numpy(), NEW) == want
+
+
+def test_weights_are_stored_once(artifact, smollm2):
+    """weights.bin holds each parameter once: the tied embedding / lm_head matrix is not duplicated by the
+    exporter's transposed copy, and the packed QKV replaces (not adds to) the three projections."""
+    result, _, _ = artifact
+    params = sum(p.numel() * p.element_size() for p in smollm2.model.parameters())  # tied weights counted once
+    stored = (result.out / "weights.bin").stat().st_size
+    assert params <= stored <= params * 1.01

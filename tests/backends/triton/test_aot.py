@@ -46,3 +46,22 @@ def test_every_kernel_and_mask_compiles_for_sm80_and_sm90():
 def test_full_dtype_head_dim_mask_matrix_compiles():
     kernels, archs = check(compile_in_subprocesses("--full"))
     assert archs == {80, 90}
+
+
+def test_every_kernel_a_module_launches_has_an_aot_variant():
+    """Each module's ``KERNELS`` is compiled by one of the AOT tests: this file's (attention, decode, linear
+    attention), test_rerope_kernel's and test_kv_decode's, so a new kernel without a variant fails here."""
+    import importlib
+    import pkgutil
+
+    import lcc.backends.triton as pkg
+    from lcc.backends.triton import aot, kv_decode, rerope
+
+    launched = {}
+    for info in pkgutil.iter_modules(pkg.__path__):
+        module = importlib.import_module(f"{pkg.__name__}.{info.name}")
+        launched.update({id(k): f"{info.name}.{k.__name__}" for k in getattr(module, "KERNELS", ())})
+    compiled = {id(v.kernel) for v in aot.variants() + rerope.aot_variants()}
+    compiled |= {id(kernel) for arch in aot.ARCHS for _, kernel, *_ in kv_decode.aot_variants(arch, quick=True)}
+    assert len(launched) >= 8
+    assert not [name for i, name in launched.items() if i not in compiled]

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import lcc.ops  # noqa: F401
@@ -37,14 +37,31 @@ def make_qkv(device, b, hkv, g, sq, sk, d, dv=None, dtype=torch.float32, seed=0)
     return (t.to(device=device, dtype=dtype) for t in (q, k, v))
 
 
+# Pinned cases every run (hypothesis draws the rest): each kernel family (dense, sliding/sinks, each block-sparse
+# pattern) with GQA ratio 3 or 4 and a ragged tail, windows longer than the sequence, zero sinks / zero globals,
+# and per-batch key lengths that differ.
 @settings(max_examples=12, deadline=None)
 @given(mask=MASKS, sq=st.integers(1, 40), extra=st.integers(0, 24), pad=st.integers(0, 5), b=st.integers(1, 2),
        hkv=st.integers(1, 2), g=st.sampled_from([1, 3, 4]), per_batch=st.booleans(), seed=st.integers(0, 99))
+@example(mask="causal", sq=19, extra=6, pad=3, b=2, hkv=2, g=3, per_batch=True, seed=1)
+@example(mask="full", sq=7, extra=0, pad=2, b=1, hkv=2, g=1, per_batch=False, seed=2)
+@example(mask="sliding:window=80,sinks=0", sq=13, extra=10, pad=2, b=2, hkv=1, g=3, per_batch=True, seed=3)
+@example(mask="sliding:window=5,sinks=0", sq=21, extra=3, pad=1, b=1, hkv=2, g=4, per_batch=False, seed=4)
+@example(mask="sliding:window=7,sinks=2", sq=33, extra=0, pad=3, b=2, hkv=1, g=3, per_batch=True, seed=5)
+@example(mask="block-local:block=4,blocks=2", sq=18, extra=5, pad=1, b=2, hkv=1, g=4, per_batch=True, seed=6)
+@example(mask="strided:stride=3,block=2", sq=17, extra=5, pad=4, b=2, hkv=1, g=3, per_batch=True, seed=7)
+@example(mask="fixed:stride=3,c=1,block=2", sq=23, extra=2, pad=1, b=1, hkv=2, g=3, per_batch=False, seed=8)
+@example(mask="dilated:segment=6,rate=2,levels=2,growth=2", sq=25, extra=4, pad=3, b=2, hkv=1, g=3, per_batch=True,
+         seed=9)
+@example(mask="global-local:globals=0,window=60,every=0", sq=11, extra=9, pad=2, b=2, hkv=1, g=3, per_batch=True,
+         seed=10)
+@example(mask="global-local:globals=2,window=4,every=5", sq=29, extra=1, pad=2, b=1, hkv=1, g=4, per_batch=False,
+         seed=11)
 def test_flash_matches_reference_on_ragged_shapes(device, mask, sq, extra, pad, b, hkv, g, per_batch, seed):
     sk = sq + extra + pad
     q, k, v = make_qkv(device, b, hkv, g, sq, sk, 16, seed=seed)
-    if per_batch:
-        kv_len = torch.tensor([sk - pad, sq + extra][:b], device=device)
+    if per_batch:  # batch 0 uses the whole cache, batch 1 stops pad keys short: per-batch block lists
+        kv_len = torch.tensor([sk, sq + extra][:b], device=device)
     else:
         kv_len = torch.tensor(sq + extra, device=device) if pad else None
     got = flash(q, k, v, kv_len, 0.4, mask)

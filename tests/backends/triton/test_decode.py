@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from lcc.ops.attention import attention_reference
@@ -26,6 +26,12 @@ def make_qkv(device, b, hkv, g, sk, d, dtype=torch.float32, seed=0):
 @settings(max_examples=15, deadline=None)
 @given(mask=MASKS, valid=st.integers(1, 90), pad=st.integers(0, 20), b=st.integers(1, 2), hkv=st.integers(1, 2),
        g=st.sampled_from([1, 3, 4]), splits=st.integers(1, 5), per_batch=st.booleans(), seed=st.integers(0, 99))
+# pinned every run: GQA 3 and 4 with ragged, per-batch cache lengths; a window longer than the cache; zero sinks
+@example(mask="causal", valid=29, pad=11, b=2, hkv=1, g=3, splits=4, per_batch=True, seed=1)
+@example(mask="causal", valid=17, pad=0, b=1, hkv=2, g=1, splits=2, per_batch=False, seed=2)
+@example(mask="sliding:window=120,sinks=0", valid=37, pad=5, b=2, hkv=2, g=3, splits=3, per_batch=True, seed=3)
+@example(mask="sliding:window=9,sinks=0", valid=50, pad=7, b=1, hkv=1, g=4, splits=2, per_batch=False, seed=4)
+@example(mask="sliding:window=11,sinks=3", valid=45, pad=9, b=2, hkv=1, g=3, splits=5, per_batch=True, seed=5)
 def test_decode_matches_reference(device, mask, valid, pad, b, hkv, g, splits, per_batch, seed):
     q, k, v = make_qkv(device, b, hkv, g, valid + pad, 16, seed=seed)
     if per_batch:
@@ -44,6 +50,16 @@ def test_decode_half_precision_and_head_dim_128(device, mask, dtype, tol):
     ref = attention_reference(q.float(), k.float(), v.float(), torch.tensor(150), 128**-0.5, mask)
     assert got.dtype == dtype
     torch.testing.assert_close(got.float().cpu(), ref.cpu(), atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("d", [64, 256])
+def test_decode_head_dims(device, d):
+    q, k, v = make_qkv(device, 2, 1, 3, 70, d)
+    kv_len = torch.tensor([70, 53], device=device)
+    for mask in ("causal", "sliding:window=20,sinks=2"):
+        got = decode(q, k, v, kv_len, d**-0.5, mask, splits=3)
+        torch.testing.assert_close(got.cpu(), attention_reference(q, k, v, kv_len, d**-0.5, mask).cpu(),
+                                   atol=2e-5, rtol=2e-5)
 
 
 def test_splits_that_get_no_keys_do_not_change_the_result(device):
