@@ -164,3 +164,25 @@ def test_backend_protocol(lowered):
     with torch.inference_mode():
         want = program.entries["prefill"](ids, *program.cache.empty())[0]
     assert float((runnable.entries["prefill"](ids, *program.cache.empty())[0] - want).abs().max()) <= TOL
+
+
+def test_fused_graph_matches_program_in_torch(tiny):
+    """The FX rewrite alone (packed QKV, rotary tables, tied embedding), run in torch by the fused op's own body,
+    gives the program's logits and cache: the fusion is exact before onnxruntime is involved."""
+    from lcc.backends.onnx.export import prepare_graph
+    from lcc.capture.export import capture
+    from lcc.passes import canonicalize
+
+    program = canonicalize(capture(tiny("llama"), capacity=64))
+    ids = _ids(20)
+    for entry, args in (("prefill", (ids,)), ("decode", (ids[:, :1], torch.tensor(20)))):
+        gm, lowered = prepare_graph(program.entries[entry], 64)
+        assert any(n["op"] == "attention" and "packed QKV" in n["how"] for n in lowered)
+        cache = program.cache.empty()
+        if entry == "decode":
+            with torch.inference_mode():
+                cache = program.entries["prefill"](ids, *cache)[1:]
+        with torch.inference_mode():
+            want = program.entries[entry](*args, *cache)
+            got = gm(*args, *[c.clone() for c in cache])
+        assert _max_err(got, want) <= 1e-5, entry
