@@ -17,7 +17,9 @@ Two forms reach the exporter:
   lowers), then either GQA with an additive bias (prefill) or, with ``kv_len`` (decode,
   chunked prefill), keys sliced to ``[0, kv_len)`` and a grouped MatMul/Softmax/MatMul.
 
-:func:`prepare` rewrites an entry graph's attention nodes into these forms before export.
+:func:`prepare` rewrites an entry graph's attention nodes into these forms before export.  Plain
+Llama-family blocks (QKV projections, plain RoPE, a plain cache) never reach it: :mod:`.fuse`
+has already made each of them one GroupQueryAttention with packed QKV and rotary inside.
 """
 
 from __future__ import annotations

@@ -45,7 +45,8 @@ def _mask_unsupported(args: dict) -> str | None:
 
 LOWERINGS = {
     "attention": OnnxLowering(attention_onnx, _mask_unsupported,
-                              "com.microsoft GroupQueryAttention (prefill; decode over the cache in place; bias "
+                              "com.microsoft GroupQueryAttention (plain blocks: packed QKV + rotary inside, the cache "
+                              "written in place; else prefill, decode over the cache in place, bias "
                               "for other masks); else keys sliced to kv_len + grouped MatMul/Softmax with the "
                               "mask predicate in the graph",
                               prepare_attention),

@@ -3,9 +3,10 @@
 ``OnnxProgram(out_dir).entries["prefill"](input_ids, *cache)`` and
 ``.entries["decode"](input_ids, position, *cache)`` take torch tensors or numpy arrays and
 return torch tensors (logits, *cache), as the program's entry graphs do, so
-:func:`lcc.runtime.generate_ids` drives it unchanged.  Where the decode graph updates the cache
-with GroupQueryAttention (``cache_in_place`` in ``onnx.json``), decode writes into the cache
-tensors it is given and returns them.  The CUDA provider is used when this
+:func:`lcc.runtime.generate_ids` drives it unchanged.  Where an entry's graph updates the cache
+with GroupQueryAttention (``cache_in_place`` in ``onnx.json``: decode, and prefill when its attention
+blocks fused), the entry writes into the cache tensors it is given and returns them; the binding
+of those buffers is kept between calls that pass the same ones.  The CUDA provider is used when this
 onnxruntime has it, else the CPU.
 """
 
