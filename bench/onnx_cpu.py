@@ -305,7 +305,7 @@ def table(results: dict, lengths, ctx, steps, meta: dict) -> str:
                   "same fp32 weights once in both (decode is bound by memory bandwidth in both).  Prefill "
                   "attention: onnxruntime's CPU GroupQueryAttention computes the whole S x S score matrix of a "
                   "causal prompt (and a full softmax buffer), twice the attention FLOPs of PyTorch's CPU flash "
-                  "kernel behind SDPA, which skips the masked blocks; the difference grows with the prompt."]
+                  "kernel behind SDPA, which skips the masked blocks; attention's share of prefill grows with the prompt."]
     lines += ["", "![tokens/s](bench/onnx_cpu.png)"]
     return "\n".join(lines) + "\n"
 
