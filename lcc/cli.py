@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from lcc.errors import UsageError
+from lcc.errors import CheckFailed, UsageError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="lcc: compile Hugging Face causal LMs for long contexts.")
@@ -384,6 +384,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except aborts:
         return 130
+    except CheckFailed as e:
+        if debug:
+            raise
+        print(f"lcc: error: {e}", file=sys.stderr)
+        return 1
 
 
 def entry() -> None:

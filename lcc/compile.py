@@ -22,7 +22,7 @@ import lcc
 from lcc.backends import get_backend
 from lcc.capture import capture
 from lcc.diff import diff as run_diff
-from lcc.errors import UsageError
+from lcc.errors import CheckFailed, UsageError
 from lcc.models.loader import LoadedModel
 from lcc.passes import PassSpec, apply_passes, canonicalize
 
@@ -133,9 +133,10 @@ def compile_model(loaded: LoadedModel, target_len: int, backend_name: str, passe
         stages.advance("plan")
     stages.start("check", 3 + len(passes))
     reports = run_diff(loaded, passes, min(CHECK_LEN, target_len), progress=lambda s: stages.advance("check", s))
-    failed = [r.name for r in reports if not r.ok]
+    failed = [f"{r.name} (max abs logit error {r.vs_prev_max_abs:.2e})" for r in reports if not r.ok]
     if failed:
-        raise RuntimeError(f"exact stages out of tolerance: {', '.join(failed)}; see `lcc diff`")
+        raise CheckFailed(f"exact stages out of tolerance on a {min(CHECK_LEN, target_len)}-token sample: "
+                          f"{', '.join(failed)}; `lcc diff MODEL --pass ...` shows every stage")
     stages.start("capture", 2 + len(passes))
     base = canonicalize(capture(loaded, capacity=target_len))
     stages.advance("capture", "canonical")

@@ -3,3 +3,7 @@
 
 class UsageError(ValueError):
     """Bad input from the user: the message says what is wrong and what would be right."""
+
+
+class CheckFailed(RuntimeError):
+    """A compiled stage is out of tolerance: the CLI prints the message on one line and exits 1."""

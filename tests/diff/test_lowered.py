@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from lcc.diff import diff
 from tests.test_cli import lcc
@@ -51,3 +52,18 @@ def test_cli_diff_unknown_backend_is_a_usage_error():
     assert r.returncode == 2 and "Traceback" not in r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "--backend webgpu" in lines[0] and "onnx" in lines[0], r.stderr
+
+
+def test_captured_tolerance_scales_with_the_logits():
+    """Captured/canonical vs HF eager: 1e-4 + 1e-5 * max|logits| (fp32 reassociation), not a bare 1e-4."""
+    from lcc.diff import Outputs, compare
+
+    ref = Outputs(torch.full((4, 8), 40.0), torch.zeros(2, 4, 3))
+
+    def shifted(d):
+        logits = ref.logits.clone()
+        logits[0, 0] += d
+        return Outputs(logits, ref.hidden)
+
+    assert compare(ref, shifted(4e-4), "captured", True).ok  # limit 1e-4 + 4e-4
+    assert not compare(ref, shifted(6e-4), "captured", True).ok

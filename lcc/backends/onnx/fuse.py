@@ -16,7 +16,7 @@ reads directly.  That is what onnxruntime-genai's model builder emits for Llama-
 ``lcc_onnx::packed_attention`` node (with one packed weight), so the exported graph has it.
 
 The rewrite applies only where it is exact: plain RoPE (no length-dependent variant, full
-rotary dimension), positions equal to the cache index (decode) or 0..S-1 (prefill), a causal
+rotary dimension or a leading part of it), positions equal to the cache index (decode) or 0..S-1 (prefill), a causal
 or sink-less sliding mask, no other reader of the intermediate values.  Anything else keeps
 the unfused lowering.  The cos/sin tables are ``cos(p * inv_freq) * attention_scaling`` for
 p < capacity, the same fp32 products the op's reference takes the cosine of.
@@ -57,7 +57,12 @@ def packed_attention(qkv: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Te
     pos = torch.arange(start, start + S, device=qkv.device)
     c = torch.cat([cos[pos], cos[pos]], -1).to(qkv.dtype)
     s = torch.cat([sin[pos], sin[pos]], -1).to(qkv.dtype)
-    q, k = q * c + _rotate_half(q) * s, k * c + _rotate_half(k) * s
+    r = c.shape[-1]  # rotary dims: the first r of each head (partial rotary leaves the rest as they are)
+
+    def rotate(x):
+        return torch.cat([x[..., :r] * c + _rotate_half(x[..., :r]) * s, x[..., r:]], -1)
+
+    q, k = rotate(q), rotate(k)
     k_cache = k_cache.clone()
     v_cache = v_cache.clone()
     k_cache[:, :, start:start + S] = k.to(k_cache.dtype)
@@ -119,14 +124,25 @@ def _only_user(node: torch.fx.Node, user: torch.fx.Node) -> bool:
 
 
 def _head_projection(node):
-    """``transpose(view(linear(x, W[, b]), [B, S, -1, D]), 1, 2)`` -> (x, W, b, linear, view, transpose) or None."""
+    """``transpose(view(P, [B, S, -1, D]), 1, 2)`` where P is ``linear(x, W[, b])`` or a last-dim slice of one
+    (a model's own packed projection, as Phi-3's ``qkv_proj``) -> (x, W, b, linear, slice range or None), else None."""
     if not _target(node, torch.ops.aten.transpose.int) or tuple(node.args[1:]) not in ((1, 2), (2, 1)):
         return None
     view = node.args[0]
     if not _target(view, *_VIEWS) or not _only_user(view, node):
         return None
-    lin = view.args[0]
-    if not _target(lin, torch.ops.aten.linear.default) or not _only_user(lin, view):
+    src, rng = view.args[0], None
+    if _target(src, torch.ops.aten.slice.Tensor):
+        if not _only_user(src, view) or len(src.args) < 4 or src.args[1] not in (2, -1):
+            return None
+        step = src.args[4] if len(src.args) > 4 else 1
+        if step != 1:
+            return None
+        rng, src = (src.args[2], src.args[3]), src.args[0]
+    elif not _only_user(src, view):
+        return None
+    lin = src
+    if not _target(lin, torch.ops.aten.linear.default):
         return None
     x, w = lin.args[0], lin.args[1]
     b = lin.args[2] if len(lin.args) > 2 else None
@@ -134,7 +150,18 @@ def _head_projection(node):
         return None
     if b is not None and (not isinstance(b, torch.fx.Node) or b.op != "get_attr"):
         return None
-    return x, w, b, lin, view, node
+    return x, w, b, lin, rng
+
+
+def _packed_source(projections) -> torch.fx.Node | None:
+    """The model's own QKV linear when q, k, v are consecutive slices [0, a), [a, b), [b, end) of one linear."""
+    (_, _, _, lq, rq), (_, _, _, lk, rk), (_, _, _, lv, rv) = projections
+    if rq is None or rk is None or rv is None or not (lq is lk is lv) or set(lq.users) != {
+            n for n in lq.users if _target(n, torch.ops.aten.slice.Tensor)} or len(lq.users) != 3:
+        return None
+    rows = lq.args[1].meta["val"].shape[0] if "val" in lq.args[1].meta else None
+    end_ok = rv[1] is not None and (rows is None or rv[1] >= rows)
+    return lq if rq[0] == 0 and rq[1] == rk[0] and rk[1] == rv[0] and end_ok else None
 
 
 def _rope_of(node):
@@ -227,7 +254,10 @@ def _match(gm, node: torch.fx.Node, capacity: int):
     qp, kp, vp = _head_projection(q_rope["x"]), _head_projection(k_rope["x"]), _head_projection(v_new)
     if qp is None or kp is None or vp is None or not (qp[0] is kp[0] is vp[0]):
         return None
-    if (qp[2] is None) != (kp[2] is None) or (qp[2] is None) != (vp[2] is None):
+    packed = _packed_source((qp, kp, vp))
+    if packed is None and any(p[4] is not None for p in (qp, kp, vp)):
+        return None  # slices of something other than one packed projection
+    if packed is None and ((qp[2] is None) != (kp[2] is None) or (qp[2] is None) != (vp[2] is None)):
         return None
     if not (_only_user(args["q"], node) and _only_user(q_rope["x"], args["q"]) and _only_user(k_rope["x"], k_rot)
             and set(v_new.users) <= {node, v_write} and set(k_rot.users) <= {node, k_write}):
@@ -244,12 +274,12 @@ def _match(gm, node: torch.fx.Node, capacity: int):
     merged = next(iter(merge.users))
     q_val, k_val = args["q"].meta.get("val"), k_rot.meta.get("val")
     inv_freq = _attr(gm, q_rope["inv_freq"])
-    if q_val is None or k_val is None or 2 * inv_freq.numel() != q_val.shape[-1]:
-        return None
+    if q_val is None or k_val is None or 2 * inv_freq.numel() > q_val.shape[-1] or inv_freq.numel() % 8:
+        return None  # onnxruntime: the rotary tables' width (rotary dims / 2) is a multiple of 8 within the head
     if merged.meta.get("val") is None or merged.meta["val"].dim() != 3:
         return None
     return dict(args=args, prefill=prefill, window=window, q_rope=q_rope, index=index, k_write=k_write,
-                v_write=v_write, projections=(qp, kp, vp), merged=merged, inv_freq=inv_freq,
+                v_write=v_write, projections=(qp, kp, vp), packed=packed, merged=merged, inv_freq=inv_freq,
                 heads=q_val.shape[1], kv_heads=k_val.shape[1], caches=(kw[0], vw[0]))
 
 
@@ -283,18 +313,21 @@ def fuse_attention_blocks(gm: torch.fx.GraphModule, capacity: int) -> list[dict]
             tables[key] = (_new_attr(gm, "lcc_rope_cos_cache", cos, anchor),
                            _new_attr(gm, "lcc_rope_sin_cache", sin, anchor))
         cos_node, sin_node = tables[key]
-        weights = [_attr(gm, p[1]) for p in (qp, kp, vp)]
-        w_node = _new_attr(gm, f"{qp[1].target.replace('.', '_')}_qkv", torch.cat(weights, 0), first)
-        lin_args = [x, w_node]
-        if qp[2] is not None:
-            lin_args.append(_new_attr(gm, f"{qp[2].target.replace('.', '_')}_qkv",
-                                      torch.cat([_attr(gm, p[2]) for p in (qp, kp, vp)], 0), first))
-        with graph.inserting_before(first):
-            qkv = graph.call_function(torch.ops.aten.linear.default, tuple(lin_args))
-        x_val = x.meta.get("val")
-        if x_val is not None:
-            qkv.meta["val"] = torch.empty(*x_val.shape[:-1], w_node.meta["val"].shape[0], dtype=x_val.dtype,
-                                          device="meta")
+        if m["packed"] is not None:  # the model's own QKV projection already is GroupQueryAttention's input
+            qkv = m["packed"]
+        else:
+            weights = [_attr(gm, p[1]) for p in (qp, kp, vp)]
+            w_node = _new_attr(gm, f"{qp[1].target.replace('.', '_')}_qkv", torch.cat(weights, 0), first)
+            lin_args = [x, w_node]
+            if qp[2] is not None:
+                lin_args.append(_new_attr(gm, f"{qp[2].target.replace('.', '_')}_qkv",
+                                          torch.cat([_attr(gm, p[2]) for p in (qp, kp, vp)], 0), first))
+            with graph.inserting_before(first):
+                qkv = graph.call_function(torch.ops.aten.linear.default, tuple(lin_args))
+            x_val = x.meta.get("val")
+            if x_val is not None:
+                qkv.meta["val"] = torch.empty(*x_val.shape[:-1], w_node.meta["val"].shape[0], dtype=x_val.dtype,
+                                              device="meta")
         k_cache, v_cache = m["caches"]
         with graph.inserting_before(node):
             fused = graph.call_function(torch.ops.lcc_onnx.packed_attention.default,

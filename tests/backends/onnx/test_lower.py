@@ -17,6 +17,7 @@ CASES = [  # (family, passes)
     ("mistral", ()),  # sliding window 24: GroupQueryAttention local_window_size
     ("qwen2", ()),  # one sliding layer, the rest full; qkv bias
     ("gpt-neox", ()),  # partial rotary (25%)
+    ("phi3", ()),  # the model's own packed qkv_proj
     ("llama", ("sliding-window:window=8,sinks=2",)),  # sinks: mask predicate in the graph
 ]
 
@@ -80,7 +81,10 @@ def _op_types(path):
     return collections.Counter(n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node)
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2"])
+MATMULS = {"llama": 5, "qwen2": 5}  # per layer: qkv, o, gate, up, down
+
+
+@pytest.mark.parametrize("family", sorted(MATMULS))
 def test_attention_blocks_fuse_into_packed_rotary_gqa(lowered, family):
     """Plain Llama-family layers lower as the genai builder's graph: one QKV MatMul, rotary inside
     GroupQueryAttention, residual add fused into the next norm; no RotaryEmbedding / Transpose left.
@@ -92,16 +96,49 @@ def test_attention_blocks_fuse_into_packed_rotary_gqa(lowered, family):
         ops = _op_types(out / f"{entry}.onnx")
         assert ops["GroupQueryAttention"] == layers and ops["RotaryEmbedding"] == 0 and ops["Transpose"] == 0
         assert ops["SkipSimplifiedLayerNormalization"] == 2 * layers  # every norm but the first
-        assert ops["MatMul"] + ops["Gemm"] == 5 * layers + 1  # qkv, o, gate, up, down; lm_head
+        assert ops["MatMul"] + ops["Gemm"] == MATMULS[family] * layers + 1  # + lm_head
         hows = [n["how"] for n in manifest["nodes"][entry] if n["op"] == "attention"]
         assert len(hows) == layers and all("packed QKV" in h for h in hows)
 
 
-def test_unfusable_blocks_keep_the_plain_lowering(lowered):
-    """Partial rotary (gpt-neox) is not GroupQueryAttention's rotary: RotaryEmbedding stays, and the result
-    still matches (test_prefill_and_decode_match_program)."""
-    program, out, _ = lowered("gpt-neox")
+@pytest.mark.parametrize("family", ["gpt-neox", "phi3"])
+def test_unfusable_blocks_keep_the_plain_lowering(lowered, family):
+    """Rotary tables narrower than 8 (tiny gpt-neox 2, tiny phi3 4) are not GroupQueryAttention's rotary:
+    RotaryEmbedding stays, and the result still matches (test_prefill_and_decode_match_program)."""
+    program, out, _ = lowered(family)
     assert _op_types(out / "decode.onnx")["RotaryEmbedding"] == 2 * program.cache.layers
+
+
+def test_model_packed_qkv_projection_is_reused(tmp_path):
+    """Phi-3's own qkv_proj (one linear, sliced into q, k, v) feeds GroupQueryAttention as it is: no second
+    packed weight is made, partial rotary (32 of 48 dims) runs inside the op, and the tokens match the program."""
+    import transformers as T
+
+    from lcc.backends.onnx import OnnxProgram, lower
+    from lcc.capture.export import capture
+    from lcc.models.loader import _finish
+    from lcc.models.tiny import _COMMON, byte_tokenizer
+    from lcc.passes import canonicalize
+
+    torch.manual_seed(0)
+    config = T.Phi3Config(**{**_COMMON, "hidden_size": 96, "num_attention_heads": 2, "num_key_value_heads": 1},
+                          partial_rotary_factor=2 / 3)
+    loaded = _finish(T.AutoModelForCausalLM.from_config(config), byte_tokenizer(), "phi3-head48", "0", "test")
+    program = canonicalize(capture(loaded, capacity=64))
+    manifest = lower(program, tmp_path / "a", genai=False)
+    layers = program.cache.layers
+    for entry in ("prefill", "decode"):
+        ops = _op_types(tmp_path / "a" / f"{entry}.onnx")
+        assert ops["GroupQueryAttention"] == layers and ops["RotaryEmbedding"] == 0
+        assert ops["MatMul"] + ops["Gemm"] == 4 * layers + 1  # qkv_proj, o, gate_up, down; lm_head
+    params = sum(p.numel() * 4 for p in loaded.model.parameters())
+    assert manifest["weights_bytes"]["stored_bytes"] <= params * 1.01
+    ids = _ids(20)
+    runner = OnnxProgram(tmp_path / "a")
+    with torch.inference_mode():
+        want = program.entries["prefill"](ids, *program.cache.empty())
+    assert _max_err(runner.entries["prefill"](ids, *program.cache.empty()), want) <= TOL
+    assert runner.generate(ids, 8) == generate_ids(program, ids, 8)
 
 
 def test_prefill_writes_the_cache_in_place(lowered):
