@@ -523,6 +523,8 @@ def render(results: dict) -> str:
     if "passkey" in results:
         machine = _machine_line(results["passkey"].get("machine"))
         parts += ["## Passkey retrieval\n", PASSKEY_TEXT.format(machine=machine), _passkey_md(results["passkey"]), ""]
+        if results["passkey"].get("partial"):
+            parts += [results["passkey"]["partial"], ""]
     else:
         parts += ["## Passkey retrieval\n", "Not run yet (an 8k prefill per trial is slow on this CPU): "
                   "`python bench/kv.py --sections passkey` fills this section.", ""]
