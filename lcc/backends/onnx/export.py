@@ -164,10 +164,10 @@ def light_optimize(model) -> None:
     onnx_fusions.fuse(model)
     optimizer.remove_unused_nodes(model)
     trim_unused_outputs(model)
-    rms_as_simplified_layer_norm(model)
+    fuse_rms_norms(model)
 
 
-def rms_as_simplified_layer_norm(model) -> int:
+def fuse_rms_norms(model) -> int:
     """Opset-23 ``RMSNormalization`` -> onnxruntime's fused norms (same attributes, same math); returns how many.
 
     ``Add`` + norm (a residual add and the next layer's norm) becomes one ``com.microsoft``
@@ -195,28 +195,32 @@ def rms_as_simplified_layer_norm(model) -> int:
         attrs = {"epsilon": ir.AttrFloat32("epsilon", eps.as_float() if eps is not None else 1e-5)}
         if same:
             fused = ir.Node("com.microsoft", "SkipSimplifiedLayerNormalization", [a, b, gamma], attrs, num_outputs=4)
-            model.graph.insert_before(node, fused)
-            fused.outputs[0].name, fused.outputs[0].shape, fused.outputs[0].type = (
-                node.outputs[0].name + "_skip", node.outputs[0].shape, node.outputs[0].type)
-            fused.outputs[3].shape, fused.outputs[3].type = x.shape, x.type
-            fused.outputs[3].name = x.name + "_sum"
-            ir.convenience.replace_all_uses_with(node.outputs[0], fused.outputs[0], replace_graph_outputs=True)
-            ir.convenience.replace_all_uses_with(x, fused.outputs[3])
-            model.graph.remove(node, safe=True)
+            _swap(model.graph, node, fused, "_skip")
+            _take_over(x, fused.outputs[3], "_sum")  # the residual path reads the sum the fused op returns
             if not add.outputs[0].uses():
                 model.graph.remove(add, safe=True)
         else:
-            simplified = ir.Node("", "SimplifiedLayerNormalization", [x, gamma], {**attrs, "axis": ir.AttrInt64("axis", -1)},
-                                 num_outputs=1)
-            model.graph.insert_before(node, simplified)
-            simplified.outputs[0].shape, simplified.outputs[0].type = node.outputs[0].shape, node.outputs[0].type
-            simplified.outputs[0].name = node.outputs[0].name + "_sln"
-            ir.convenience.replace_all_uses_with(node.outputs[0], simplified.outputs[0], replace_graph_outputs=True)
-            model.graph.remove(node, safe=True)
+            _swap(model.graph, node, ir.Node("", "SimplifiedLayerNormalization", [x, gamma],
+                                             {**attrs, "axis": ir.AttrInt64("axis", -1)}, num_outputs=1), "_sln")
         n += 1
     if n and "com.microsoft" not in model.opset_imports:
         model.opset_imports["com.microsoft"] = 1
     return n
+
+
+def _take_over(old, new, suffix: str) -> None:
+    """``new`` (an onnx_ir value) replaces every use of ``old``, with its name, shape and type."""
+    import onnx_ir as ir
+
+    new.name, new.shape, new.type = old.name + suffix, old.shape, old.type
+    ir.convenience.replace_all_uses_with(old, new, replace_graph_outputs=True)
+
+
+def _swap(graph, node, new, suffix: str) -> None:
+    """Put ``new`` where ``node`` is, its first output standing for ``node``'s; remove ``node``."""
+    graph.insert_before(node, new)
+    _take_over(node.outputs[0], new.outputs[0], suffix)
+    graph.remove(node, safe=True)
 
 
 def trim_unused_outputs(model) -> None:

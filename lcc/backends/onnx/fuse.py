@@ -193,22 +193,17 @@ def _new_attr(gm: torch.fx.GraphModule, name: str, value: torch.Tensor, before: 
     return node
 
 
-def _cache_write(node, prefill: bool):
-    """(cache, index) of the decode write ``index_copy(cache, 2, i, new)`` or the prefill write
-    ``slice_scatter(cache, new, 2, 0, S)``; the new value is ``node``'s data argument."""
-    if prefill:
-        if not _target(node, torch.ops.aten.slice_scatter.default):
-            return None
-        cache, new, dim, start = node.args[:4]
-        return (cache, new) if dim == 2 and start == 0 else None
-    if not _target(node, torch.ops.aten.index_copy.default) or node.args[1] != 2:
+def _prefill_write(node):
+    """(cache, new) when ``node`` is the prefill cache write ``slice_scatter(cache, new, 2, 0, S)``."""
+    if not _target(node, torch.ops.aten.slice_scatter.default):
         return None
-    return node.args[0], node.args[3], node.args[2]
+    cache, new, dim, start = node.args[:4]
+    return (cache, new) if dim == 2 and start == 0 else None
 
 
-def _match(gm, node: torch.fx.Node, capacity: int):
+def _match(gm, node: torch.fx.Node):
     """Everything the fusion of attention ``node`` needs, or None when the block is not the plain pattern."""
-    from lcc.backends.onnx.attention import gqa_window
+    from lcc.backends.onnx.attention import _cache_write, gqa_window
 
     args = named_args(node)
     prefill = args["kv_len"] is None
@@ -225,7 +220,7 @@ def _match(gm, node: torch.fx.Node, capacity: int):
         v_writes = [u for u in v_new.users if u is not node] if isinstance(v_new, torch.fx.Node) else []
         if len(writes) != 1 or len(v_writes) != 1:
             return None
-        kw, vw = _cache_write(writes[0], True), _cache_write(v_writes[0], True)
+        kw, vw = _prefill_write(writes[0]), _prefill_write(v_writes[0])
         if kw is None or vw is None or kw[1] is not k_rot or vw[1] is not v_new:
             return None
         k_write, v_write, index = writes[0], v_writes[0], None
@@ -233,11 +228,11 @@ def _match(gm, node: torch.fx.Node, capacity: int):
         if not _target(pos_root, torch.ops.aten.arange.default) or len(pos_root.args) != 1:
             return None  # positions are arange(S): 0..S-1
     else:
-        kw, vw = _cache_write(args["k"], False), _cache_write(args["v"], False)
-        if kw is None or vw is None or kw[2] is not vw[2]:
+        kw, vw = _cache_write(args["k"]), _cache_write(args["v"])  # (cache, index, new)
+        if kw is None or vw is None or kw[1] is not vw[1]:
             return None
         k_write, v_write = args["k"], args["v"]
-        k_rot, v_new, index = kw[1], vw[1], kw[2]
+        k_rot, v_new, index = kw[2], vw[2], kw[1]
         k_rope = _rope_of(k_rot)
         if _root(q_rope["positions"]) is not _root(index) or _root(index).op != "placeholder":
             return None  # the rope positions are the cache index
@@ -298,7 +293,7 @@ def fuse_attention_blocks(gm: torch.fx.GraphModule, capacity: int) -> list[dict]
     for node in list(graph.nodes):
         if not _target(node, torch.ops.lcc.attention.default):
             continue
-        m = _match(gm, node, capacity)
+        m = _match(gm, node)
         if m is None:
             continue
         (qp, kp, vp), args = m["projections"], m["args"]
@@ -348,7 +343,6 @@ def fuse_attention_blocks(gm: torch.fx.GraphModule, capacity: int) -> list[dict]
     if records:
         graph.eliminate_dead_code()
         gm.delete_all_unused_submodules()
-        _drop_unused_buffers(gm)
         graph.lint()
         gm.recompile()
     return records
@@ -358,14 +352,6 @@ def _rope_node(m: dict) -> torch.fx.Node:
     if m["prefill"]:
         return m["args"]["k"]
     return m["k_write"].args[3]
-
-
-def _drop_unused_buffers(gm: torch.fx.GraphModule) -> None:
-    """Unfused weights (Wq, Wk, Wv) no node reads any more are not exported."""
-    used = {n.target for n in gm.graph.nodes if n.op == "get_attr"}
-    for name in list(gm._buffers):
-        if name not in used:
-            del gm._buffers[name]
 
 
 def share_tied_embedding(gm: torch.fx.GraphModule) -> bool:

@@ -5,8 +5,7 @@
 return torch tensors (logits, *cache), as the program's entry graphs do, so
 :func:`lcc.runtime.generate_ids` drives it unchanged.  Where an entry's graph updates the cache
 with GroupQueryAttention (``cache_in_place`` in ``onnx.json``: decode, and prefill when its attention
-blocks fused), the entry writes into the cache tensors it is given and returns them; the binding
-of those buffers is kept between calls that pass the same ones.  The CUDA provider is used when this
+blocks fused), the entry writes into the cache tensors it is given and returns them.  The CUDA provider is used when this
 onnxruntime has it, else the CPU.
 """
 
@@ -60,39 +59,25 @@ class _InPlaceEntry(_Entry):
     tensors passed in are modified and returned as the new cache (CPU only).
     """
 
-    _binding = None
-    _bound: tuple = ()
-
     def __call__(self, *args):
         self._check(args)
-        arrays = [_numpy(a) for a in args]
-        cache = [arr for name, arr in zip(self.inputs, arrays) if name.startswith("past")]
-        cache_out = [name for name in self.outputs if name.startswith("present")]
-        if len(cache) != len(cache_out):
-            raise ValueError(f"{len(cache)} cache inputs but {len(cache_out)} cache outputs")
-        bound = dict(zip(cache_out, cache))
-        key = tuple((a.ctypes.data, a.shape, a.dtype.str) for a in cache)
-        binding = self._binding
-        if binding is None or key != self._bound:  # a new cache: bind its buffers as inputs and outputs once
-            binding = self.session.io_binding()
-            for name, arr in zip(self.inputs, arrays):
-                if name.startswith("past"):
-                    binding.bind_input(name, "cpu", 0, arr.dtype, list(arr.shape), arr.ctypes.data)
-            for name in self.outputs:  # in output order: get_outputs() lists them in the order first bound
-                arr = bound.get(name)
-                if arr is None:
-                    binding.bind_output(name, "cpu")
-                elif not arr.flags.writeable:
-                    raise ValueError(f"{name}: the cache is updated in place and must be writeable")
-                else:
-                    binding.bind_output(name, "cpu", 0, arr.dtype, list(arr.shape), arr.ctypes.data)
-            self._binding, self._bound = binding, key
-        for name, arr in zip(self.inputs, arrays):  # the small inputs change every call
-            if not name.startswith("past"):
+        binding = self.session.io_binding()
+        arrays = dict(zip(self.inputs, (_numpy(a) for a in args)))
+        bound = dict(zip((o for o in self.outputs if o.startswith("present")),
+                         (a for name, a in arrays.items() if name.startswith("past"))))
+        for name, arr in arrays.items():  # the cache by pointer (no copy), the small inputs as they are
+            if name.startswith("past"):
+                binding.bind_input(name, "cpu", 0, arr.dtype, list(arr.shape), arr.ctypes.data)
+            else:
                 binding.bind_cpu_input(name, arr)
-        for name in self.outputs:  # re-bound each call (same place in the binding): the shape may change
-            if name not in bound:
+        for name in self.outputs:
+            arr = bound.get(name)
+            if arr is None:
                 binding.bind_output(name, "cpu")
+            elif not arr.flags.writeable:
+                raise ValueError(f"{name}: the cache is updated in place and must be writeable")
+            else:
+                binding.bind_output(name, "cpu", 0, arr.dtype, list(arr.shape), arr.ctypes.data)
         self.session.run_with_iobinding(binding)
         values = dict(zip(self.outputs, binding.get_outputs()))
         return tuple(torch.from_numpy(bound[name]) if name in bound else torch.from_numpy(values[name].numpy())
