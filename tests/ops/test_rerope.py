@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 import lcc.ops  # noqa: F401
 from lcc.ops import registry
 from lcc.ops.attention import attention_reference
-from lcc.ops.rerope import rerope_reference
+from lcc.ops.rerope import rerope_chunked, rerope_reference
 from lcc.ops.rope import rope_reference
 
 
@@ -119,6 +119,31 @@ def test_explicit_positions_equal_the_aligned_default():
     a = rerope_reference(q, k, v, None, inv_freq_of(16), 1.0, kv_len, 0.25, 4, 0.0)
     b = rerope_reference(q, k, v, positions, inv_freq_of(16), 1.0, kv_len, 0.25, 4, 0.0)
     assert torch.equal(a, b)
+
+
+@settings(max_examples=25, deadline=None)
+@given(window=st.integers(0, 40), leaky=st.sampled_from([0.0, 1 / 16, 0.5]), sq=st.integers(1, 40),
+       extra=st.integers(0, 30), chunk=st.integers(1, 17), group=st.sampled_from([1, 3]),
+       mask=st.sampled_from(["causal", "sliding:window=9,sinks=0", "sliding:window=12,sinks=3"]),
+       ragged=st.booleans(), explicit=st.booleans(), seed=st.integers(0, 99))
+def test_chunked_cpu_path_equals_the_reference(window, leaky, sq, extra, chunk, group, mask, ragged, explicit, seed):
+    """The CPU default skips keys per query chunk and scores each side of the window only where needed;
+    the naive two-matrix reference is its oracle, across chunk boundaries on both sides of the window."""
+    sk = sq + extra
+    q, k, v = make_qkv(2, 2 * group, 2, sq, sk, 16, seed=seed, dv=8)
+    kv_len = torch.tensor([max(sq, sk - extra // 2 - 1), sk]) if ragged else None
+    n = kv_len.reshape(-1, 1) if ragged else torch.full((2, 1), sk)
+    positions = n - sq + torch.arange(sq) if explicit else None
+    args = (q, k, v, positions, inv_freq_of(12), 1.1, kv_len, 0.3, window, leaky, mask)
+    got = rerope_chunked(*args, chunk=chunk)
+    torch.testing.assert_close(got, rerope_reference(*args), atol=2e-6, rtol=2e-5)
+
+
+def test_op_dispatches_to_the_chunked_path_and_keeps_the_reference_by_name():
+    q, k, v = make_qkv(1, 3, 1, 50, 50, 16, seed=11)
+    args = (q, k, v, None, inv_freq_of(16), 1.0, None, 0.25, 7, 0.0, "causal")
+    torch.testing.assert_close(torch.ops.lcc.rerope_attention(*args), rerope_chunked(*args), atol=0, rtol=0)
+    assert torch.equal(torch.ops.lcc.rerope_attention(*args, algo="reference"), rerope_reference(*args))
 
 
 def test_op_is_declared_exports_and_costs_in_sympy():

@@ -76,6 +76,18 @@ def test_decode_kernel_matches_reference(device, valid, pad, window, leaky, scal
     check(got, q, k, v, None, inv_freq, scaling, kv_len, 0.3, window, leaky)
 
 
+@pytest.mark.slow
+def test_decode_kernel_at_a_32k_cache_with_the_default_launch(device):
+    """smollm2's shapes (9 query heads on 3 KV heads, d 64) at the cache docs/rope.md's 32k passkey decodes
+    against (capacity 32840), with the launch the runtime picks: the split-K bounds and the window split at
+    positions past 2^15, which the small hypothesis cases never reach."""
+    q, k, v = make_qkv(device, 1, 9, 3, 1, 32840, 64, seed=4)
+    kv_len = torch.tensor([32775], device=device)
+    inv_freq = 1.0 / (100000.0 ** (torch.arange(0, 64, 2).float() / 64))
+    got = kernel(q, k, v, None, inv_freq, 1.0, kv_len, 0.125, 2048, 0.0)
+    check(got, q, k, v, None, inv_freq, 1.0, kv_len, 0.125, 2048, 0.0, tol=1e-5)
+
+
 @pytest.mark.parametrize("sq", [1, 6])
 def test_explicit_query_positions(device, sq):
     q, k, v = make_qkv(device, 2, 2, 1, sq, 40, 16, seed=4)
