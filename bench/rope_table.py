@@ -38,7 +38,8 @@ def _device_name(device: str) -> str:
 
     if device.startswith("cuda"):
         return torch.cuda.get_device_name(torch.device(device))
-    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    n = torch.get_num_threads()
+    return f"CPU ({platform.processor() or platform.machine()}, {n} thread{'s' * (n != 1)})"
 
 
 def measure(args, save) -> list[dict]:
@@ -54,6 +55,8 @@ def measure(args, save) -> list[dict]:
     from lcc.lengths import format_length, parse_lengths
     from lcc.models import load_model
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.tf32:
         torch.backends.cuda.matmul.allow_tf32 = True  # also the Triton kernels' fp32 dot precision
     lengths = parse_lengths(args.lengths)
@@ -100,6 +103,16 @@ def measure(args, save) -> list[dict]:
     return rows
 
 
+def _short_device(row: dict) -> str:
+    """'H100 (TF32)' or 'CPU, 1 thread': enough to tell the table's rows apart."""
+    dev = row["device"]
+    if dev.startswith("CPU"):
+        threads = dev.rsplit(",", 1)[-1].strip(" )") if "," in dev else ""
+        return "CPU" + (f", {threads}" if threads else "")
+    name = next((w for w in dev.split() if w[:1] in "ABHL" and any(c.isdigit() for c in w)), dev)
+    return name + (" (TF32)" if "TF32" in row["precision"] else "")
+
+
 def render(data: list[dict], out: Path, command: str) -> None:
     """docs/rope.md and its plots from every row in the data file."""
     import matplotlib
@@ -130,14 +143,17 @@ def render(data: list[dict], out: Path, command: str) -> None:
         lines.append(f"- {date}, {device}, {precision}; " + ", ".join(f"{k} {x}" for k, x in v.items()))
     head = "| method | passes | " + " | ".join(f"ppl {c}" for c in cols)
     head += "".join(f" | passkey {c}" for c in cols) if has_pk else ""
-    lines += ["", head + " | time (s) |", "|---|---|" + "---|" * (len(cols) * (2 if has_pk else 1) + 1)]
+    mixed = len({r["device"] for r in data}) > 1  # rows from several machines: say which row ran where
+    lines += ["", head + " | time (s) |" + (" measured on |" if mixed else ""),
+              "|---|---|" + "---|" * (len(cols) * (2 if has_pk else 1) + 1 + mixed)]
     for r in data:
         res = r["results"]
         cells = [f"{res[c]['ppl']:.2f}" if c in res else "-" for c in cols]
         if has_pk:
             cells += [f"{res[c]['passkey']:.2f}" if c in res and "passkey" in res[c] else "-" for c in cols]
         passes = " ".join(f"`{p}`" for p in r["passes"]) or "-"
-        lines.append(f"| {r['method']} | {passes} | " + " | ".join(cells) + f" | {r['seconds']:.0f} |")
+        lines.append(f"| {r['method']} | {passes} | " + " | ".join(cells) + f" | {r['seconds']:.0f} |"
+                     + (f" {_short_device(r)} |" if mixed else ""))
 
     fig, axes = plt.subplots(1, 2 if has_pk else 1, figsize=(11 if has_pk else 6, 4), squeeze=False)
     for r in data:
@@ -170,6 +186,9 @@ def render(data: list[dict], out: Path, command: str) -> None:
     missing = [m for m in METHODS if m not in {r["method"] for r in data}]
     if missing:
         lines += ["", "Not measured yet: " + ", ".join(missing) + "."]
+    no_pk = [r["method"] for r in data if has_pk and not all("passkey" in v for v in r["results"].values())]
+    if no_pk:
+        lines += ["", "Passkey not measured yet: " + ", ".join(no_pk) + " (its row was run with `--passkey-trials 0`)."]
     lines += ["", f"![perplexity and passkey accuracy by length]({png.name})", ""]
     marker = "<!-- notes: kept when the page is regenerated -->"
     old = out.read_text() if out.is_file() else ""
@@ -186,6 +205,7 @@ def main() -> int:
     ap.add_argument("--windows", type=int, default=1)
     ap.add_argument("--passkey-trials", type=int, default=10, help="0 skips passkey")
     ap.add_argument("--device", default="cuda", help="cuda (default) or cpu")
+    ap.add_argument("--threads", type=int, default=0, help="CPU threads for torch (default: torch's own)")
     ap.add_argument("--tf32", action="store_true", help="fp32 matmuls on TF32 tensor cores (CUDA)")
     ap.add_argument("--out", default="docs/rope.md")
     ap.add_argument("--data", default=None, help="rows file (default: --out with .json)")
