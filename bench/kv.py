@@ -669,8 +669,9 @@ PAGE_TAIL = """## What was not measured
   `--sections ppl --lengths 8k`, `--sections passkey`).
 - The CPU decode path of kv-quant is a reference implementation (block-wise dequantization in
   PyTorch); its time per token is not representative of a fused kernel.
-- `lcc.runtime.generate_ids` still refuses prompt + new tokens beyond the captured capacity, even
-  for the sink cache; the long run above calls `decode` itself.
+- The long sink run above calls `decode` itself to sample RSS as it goes; `lcc run` with the pass
+  (`lcc.runtime.generate_ids`) also generates past the captured capacity through the ring, but its
+  prompt must fit the capacity.
 """
 
 
