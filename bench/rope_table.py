@@ -103,16 +103,6 @@ def measure(args, save) -> list[dict]:
     return rows
 
 
-def _short_device(row: dict) -> str:
-    """'H100 (TF32)' or 'CPU, 1 thread': enough to tell the table's rows apart."""
-    dev = row["device"]
-    if dev.startswith("CPU"):
-        threads = dev.rsplit(",", 1)[-1].strip(" )") if "," in dev else ""
-        return "CPU" + (f", {threads}" if threads else "")
-    name = next((w for w in dev.split() if w[:1] in "ABHL" and any(c.isdigit() for c in w)), dev)
-    return name + (" (TF32)" if "TF32" in row["precision"] else "")
-
-
 def render(data: list[dict], out: Path, command: str) -> None:
     """docs/rope.md and its plots from every row in the data file."""
     import matplotlib
@@ -153,7 +143,7 @@ def render(data: list[dict], out: Path, command: str) -> None:
             cells += [f"{res[c]['passkey']:.2f}" if c in res and "passkey" in res[c] else "-" for c in cols]
         passes = " ".join(f"`{p}`" for p in r["passes"]) or "-"
         lines.append(f"| {r['method']} | {passes} | " + " | ".join(cells) + f" | {r['seconds']:.0f} |"
-                     + (f" {_short_device(r)} |" if mixed else ""))
+                     + (f" {r['device'].removeprefix('NVIDIA ')}, {r['precision']} |" if mixed else ""))
 
     fig, axes = plt.subplots(1, 2 if has_pk else 1, figsize=(11 if has_pk else 6, 4), squeeze=False)
     for r in data:

@@ -45,11 +45,26 @@ def _attend_rows(q, k, v, q_pos, n_valid, scale, mask_mod, kv_idx=None):
     scores = torch.matmul(qg, k.float()[:, :, None].transpose(-1, -2)).mul_(scale)  # [B,Hkv,G,Sq,Sk]
     if kv_idx is None:
         kv_idx = torch.arange(Sk, device=q.device)
+    return masked_softmax_v(scores, q_pos, n_valid, mask_mod, kv_idx, v)
+
+
+def masked_softmax_v(scores, q_pos, n_valid, mask_mod, kv_idx, v):
+    """softmax(scores + mask) v in fp32 for fp32 ``scores`` [B, Hkv, G, Sq, K] (modified in place) of
+    queries at ``q_pos`` [B, Sq] against keys at ``kv_idx`` [K], of which those >= ``n_valid`` [B, 1]
+    are never read; ``v`` [B, Hkv, K, Dv] -> [B, Hkv * G, Sq, Dv]."""
+    B, Hkv, G, Sq, _ = scores.shape
     allowed = mask_mod(q_pos[:, :, None], kv_idx[None, None, :]) & (kv_idx[None, None, :] < n_valid[:, :, None])
     scores.masked_fill_(~allowed[:, None, None], float("-inf"))
     probs = torch.softmax(scores, dim=-1).nan_to_num_(0.0)  # a row with no visible key attends to nothing
     out = torch.matmul(probs, v.float()[:, :, None])  # [B,Hkv,G,Sq,Dv]
-    return out.reshape(B, Hq, Sq, v.shape[-1])
+    return out.reshape(B, Hkv * G, Sq, v.shape[-1])
+
+
+def row_chunk(B: int, Hq: int, Sq: int, Sk: int, skip_keys: bool = True) -> int:
+    """Query rows per chunk: one chunk's fp32 score matrix under _CHUNK_BYTES; with key skipping, also
+    enough chunks (8, at most 1024 rows each) that causal skipping pays."""
+    chunk = max(16, _CHUNK_BYTES // max(1, 4 * B * Hq * Sk))
+    return min(chunk, max(16, -(-Sq // 8)), 1024) if skip_keys else chunk
 
 
 def attention_reference(q, k, v, kv_len=None, scale=None, mask="causal"):
@@ -82,9 +97,7 @@ def attention_chunked(q, k, v, kv_len=None, scale=None, mask="causal", chunk=0, 
     Sk = k.shape[2]
     scale = D**-0.5 if scale is None else scale
     if chunk <= 0:
-        chunk = max(16, _CHUNK_BYTES // max(1, 4 * B * Hq * Sk))
-        if skip_keys:  # enough chunks that causal key skipping pays
-            chunk = min(chunk, max(16, -(-Sq // 8)), 1024)
+        chunk = row_chunk(B, Hq, Sq, Sk, skip_keys)
     q_pos, n = _positions(kv_len, B, Sq, Sk, q.device)
     spec = MaskSpec.parse(mask)
     mask_mod = spec.mask_mod()

@@ -30,7 +30,7 @@ from __future__ import annotations
 import torch
 
 from lcc.ops import registry
-from lcc.ops.attention import mask_pairs
+from lcc.ops.attention import _gather_keys, mask_pairs, masked_softmax_v, row_chunk
 from lcc.ops.masks import MaskSpec
 from lcc.ops.rope import rope_reference
 
@@ -84,11 +84,7 @@ def rerope_reference(q, k, v, positions=None, inv_freq=None, attention_scaling=1
         s2 = _scores(rope_reference(q[:, :, rows], q_out[:, rows], inv_freq, attention_scaling), k2, scale)
         inside = (qp[:, :, None] - kv_idx) < window  # [B, rows, Sk]
         scores = torch.where(inside[:, None, None], s1, s2)
-        allowed = mask_mod(qp[:, :, None], kv_idx[None, None, :]) & (kv_idx[None, None, :] < n[:, :, None])
-        scores.masked_fill_(~allowed[:, None, None], float("-inf"))
-        probs = torch.softmax(scores, dim=-1).nan_to_num_(0.0)  # a row with no visible key attends to nothing
-        o = torch.matmul(probs, v.float()[:, :, None])
-        out[:, :, rows] = o.reshape(B, Hq, -1, Dv).to(q.dtype)
+        out[:, :, rows] = masked_softmax_v(scores, qp, n, mask_mod, kv_idx, v).to(q.dtype)
     return out
 
 
@@ -104,13 +100,14 @@ def rerope_chunked(q, k, v, positions=None, inv_freq=None, attention_scaling=1.0
     B, Hq, Sq, D = q.shape
     Hkv, Sk, Dv = k.shape[1], k.shape[2], v.shape[3]
     scale = D**-0.5 if scale is None else scale
-    if chunk <= 0:
-        chunk = min(max(16, _CHUNK_BYTES // max(1, 4 * B * Hq * Sk)), max(16, -(-Sq // 8)), 1024)
+    chunk = chunk if chunk > 0 else row_chunk(B, Hq, Sq, Sk)
     q_pos, n = query_positions(positions, kv_len, B, Sq, Sk, q.device)
     k_pos = torch.arange(Sk, device=q.device).expand(B, Sk)
     q_out = rectified_positions(q_pos, window, leaky_factor)[0]
-    k1 = rope_reference(k, k_pos, inv_freq, attention_scaling)
-    k2 = rope_reference(k, rectified_positions(k_pos, window, leaky_factor)[1], inv_freq, attention_scaling)
+    # keys rotated both ways side by side [.., :D | D:], so a chunk gathers them once (a view for one interval)
+    k_out = rectified_positions(k_pos, window, leaky_factor)[1]
+    k12 = torch.cat([rope_reference(k, k_pos, inv_freq, attention_scaling),
+                     rope_reference(k, k_out, inv_freq, attention_scaling)], -1)
     spec = MaskSpec.parse(mask)
     mask_mod = spec.mask_mod()
     n_max = min(Sk, int(n.max()))
@@ -123,25 +120,21 @@ def rerope_chunked(q, k, v, positions=None, inv_freq=None, attention_scaling=1.0
         if not ranges:
             out[:, :, rows] = 0
             continue
-        idx = torch.cat([torch.arange(a, b, device=q.device) for a, b in ranges])
+        ks, vs, idx = _gather_keys(k12, v, ranges)
         a = int(torch.searchsorted(idx, lo - window, right=True))  # keys before a: out of the window for all
         b = int(torch.searchsorted(idx, hi - window, right=True))  # keys from b on: inside it for all
         scores = q.new_empty(B, Hkv, Hq // Hkv, qp.shape[1], idx.numel(), dtype=torch.float32)
         if b > 0:
             q2 = rope_reference(q[:, :, rows], q_out[:, rows], inv_freq, attention_scaling)
-            scores[..., :b] = _scores(q2, k2.index_select(2, idx[:b]), scale)
+            scores[..., :b] = _scores(q2, ks[:, :, :b, D:], scale)
         if a < idx.numel():
             q1 = rope_reference(q[:, :, rows], qp, inv_freq, attention_scaling)
-            near = _scores(q1, k1.index_select(2, idx[a:]), scale)
+            near = _scores(q1, ks[:, :, a:, :D], scale)
             if a < b:
                 inside = (qp[:, :, None] - idx[a:b]) < window  # [B, rows, b - a]
                 near[..., :b - a] = torch.where(inside[:, None, None], near[..., :b - a], scores[..., a:b])
             scores[..., a:] = near
-        allowed = mask_mod(qp[:, :, None], idx[None, None, :]) & (idx[None, None, :] < n[:, :, None])
-        scores.masked_fill_(~allowed[:, None, None], float("-inf"))
-        probs = torch.softmax(scores, dim=-1).nan_to_num_(0.0)
-        o = torch.matmul(probs, v.index_select(2, idx).float()[:, :, None])
-        out[:, :, rows] = o.reshape(B, Hq, -1, Dv).to(q.dtype)
+        out[:, :, rows] = masked_softmax_v(scores, qp, n, mask_mod, idx, vs).to(q.dtype)
     return out
 
 
