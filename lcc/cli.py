@@ -161,6 +161,10 @@ def compile_cmd(model: str = typer.Argument("smollm2-135m", help="preset, HF dir
         from lcc.cost.hardware import load_profile
 
         load_profile(device)  # an unknown device is a usage error before loading
+    from lcc.outdir import check_out
+
+    if out_dir is not None:
+        check_out(Path(out_dir), force)  # before any slow work
     loaded = _load(model)
     target = Path(out_dir or f"{Path(loaded.spec.model_id).name}-{format_length(n)}-{backend}")
     with RichStages(console=err) as stages:

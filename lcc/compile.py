@@ -9,9 +9,7 @@ a temporary directory next to the target and renamed into place.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -21,9 +19,10 @@ import torch
 import lcc
 from lcc.backends import get_backend
 from lcc.capture import capture
-from lcc.diff import diff as run_diff
+from lcc.diff import diff as run_diff, logit_limit
 from lcc.errors import CheckFailed, UsageError
 from lcc.models.loader import LoadedModel
+from lcc.outdir import check_out, install, make_tmp
 from lcc.passes import PassSpec, apply_passes, canonicalize
 
 CHECK_LEN = 256  # tokens of sample input for the stage checks
@@ -110,8 +109,9 @@ def _check_lowered(backend, out_dir, manifest, program, ids) -> dict:
         want = program.entries["prefill"](ids, *program.cache.empty())[0]
         got = loaded.entries["prefill"](ids, *program.cache.empty())[0]
     got = torch.as_tensor(got)
-    return {"name": f"lowered:{backend.name}", "exact": True, "max_abs": float((got - want).abs().max()),
-            "top1": float((got.argmax(-1) == want.argmax(-1)).float().mean())}
+    max_abs, limit = float((got - want).abs().max()), logit_limit(want)
+    return {"name": f"lowered:{backend.name}", "exact": True, "max_abs": max_abs, "limit": limit,
+            "ok": max_abs <= limit, "top1": float((got.argmax(-1) == want.argmax(-1)).float().mean())}
 
 
 def compile_model(loaded: LoadedModel, target_len: int, backend_name: str, passes: list[PassSpec] | None,
@@ -119,9 +119,7 @@ def compile_model(loaded: LoadedModel, target_len: int, backend_name: str, passe
                   progress: Stages | None = None) -> CompileResult:
     """Plan (unless ``passes`` are given) for ``device`` (a hardware profile), check, lower, write ``out``."""
     stages = progress or Stages()
-    out = Path(out)
-    if out.exists() and not force:
-        raise UsageError(f"{out} exists: pass --force to replace it, or choose another --out")
+    out = check_out(out, force)
     backend = get_backend(backend_name)
     plan = {"source": "user", "passes": [str(p) for p in passes or []], "reason": "passes given on the command line",
             "device": device}
@@ -142,8 +140,7 @@ def compile_model(loaded: LoadedModel, target_len: int, backend_name: str, passe
     stages.advance("capture", "canonical")
     program = apply_passes(base, passes, on_stage=lambda p: stages.advance("capture", p.stage))
     stages.advance("capture", "cost")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = make_tmp(out)
     try:
         stages.start("lower", None)
         lowered = backend.lower(program, tmp, progress=lambda s: stages.advance("lower", s))
@@ -177,9 +174,7 @@ def compile_model(loaded: LoadedModel, target_len: int, backend_name: str, passe
         write_report(tmp, manifest, report)
         stages.advance("report", "report.md")
         stages.finish()
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        install(tmp, out, force)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return CompileResult(out, manifest, report)

@@ -20,7 +20,7 @@ def test_artifact_runs_and_matches_the_in_process_program(tmp_path, tiny):
     m = result.manifest
     assert m["model"]["weights_hash"] == loaded.weights_hash and m["target_len"] == 256
     assert m["plan"]["passes"] == ["sliding-window:window=16,sinks=2,layers=all"]
-    assert {"prefill.pt2", "decode.pt2"} <= set(m["files"])
+    assert {"prefill.json", "decode.json", "weights.safetensors"} <= set(m["files"])
     assert [c["stage"] for c in m["checks"]][:3] == ["hf-eager", "captured", "canonical"]
     for f in ("lcc.json", "report.md", "report.json", "errors.png", "cost.png", "tokenizer.json"):
         assert (tmp_path / "a" / f).is_file(), f
@@ -64,13 +64,14 @@ def test_same_inputs_give_byte_identical_manifest(tmp_path, tiny):
 
 
 def test_existing_output_is_not_overwritten_without_force(tmp_path, tiny):
-    (tmp_path / "a").mkdir()
+    compile_model(tiny("llama"), 128, "torch", [], tmp_path / "a")
     (tmp_path / "a" / "keep").write_text("x")
     with pytest.raises(UsageError, match="--force"):
         compile_model(tiny("llama"), 128, "torch", [], tmp_path / "a")
     assert (tmp_path / "a" / "keep").read_text() == "x"
     compile_model(tiny("llama"), 128, "torch", [], tmp_path / "a", force=True)
     assert not (tmp_path / "a" / "keep").exists() and (tmp_path / "a" / "lcc.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]  # no temporary or old copy left beside it
 
 
 def test_a_failed_compile_leaves_nothing_behind(tmp_path, tiny, monkeypatch):

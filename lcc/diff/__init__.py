@@ -26,6 +26,11 @@ REL_TOL = 1e-5  # ... plus REL_TOL * max|reference logits| (fp32 reassociation: 
 # differently from one call to the next on a loaded machine, which moved smollm2's logits by more than 1e-4)
 
 
+def logit_limit(ref_logits: torch.Tensor, tol: float = LOGIT_TOL) -> float:
+    """DESIGN.md's fp32 rule for an exact stage: max abs logit error <= tol + REL_TOL * max|reference logits|."""
+    return tol + REL_TOL * float(torch.as_tensor(ref_logits).abs().max())
+
+
 @dataclass
 class StageReport:
     name: str
@@ -37,6 +42,7 @@ class StageReport:
     top1: float
     first_divergent_layer: int | None
     vs_prev_max_abs: float
+    limit: float  # what vs_prev_max_abs may reach in an exact stage (logit_limit)
     ok: bool
 
     def to_dict(self) -> dict:
@@ -69,12 +75,12 @@ def compare(ref: Outputs, out: Outputs, name: str, exact: bool, prev: Outputs | 
             first = min(max(i - 1, 0), ref.hidden.shape[0] - 2)  # hidden[0] is the embedding output
             break
     if prev is None:  # captured / canonical: against HF eager
-        vs_prev, limit = max_abs, tol + REL_TOL * float(ref.logits.abs().max())
+        vs_prev, limit = max_abs, logit_limit(ref.logits, tol)
     else:  # an exact pass: against the stage before it
         vs_prev = float((out.logits - prev.logits).abs().max())
-        limit = tol + REL_TOL * float(prev.logits.abs().max())
+        limit = logit_limit(prev.logits, tol)
     ok = (vs_prev <= limit) if exact else True
-    return StageReport(name, exact, max_abs, rel, cosine, kl, top1, first, vs_prev, ok)
+    return StageReport(name, exact, max_abs, rel, cosine, kl, top1, first, vs_prev, limit, ok)
 
 
 @contextlib.contextmanager

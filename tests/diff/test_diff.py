@@ -1,4 +1,4 @@
-"""``lcc diff`` over every tiny family: the canonical stage within 1e-4 of HF eager."""
+"""``lcc diff`` over every tiny family: the canonical stage within the fp32 rule of HF eager."""
 
 import pytest
 
@@ -10,7 +10,7 @@ from tests.conftest import TINY_FAMILIES
 def test_canonical_stage_within_tolerance(family, tiny):
     reports = diff(tiny(family), ["sliding-window:window=1k,sinks=0"], length=64)
     by_name = {r.name: r for r in reports}
-    assert by_name["canonical"].max_abs <= 1e-4 and by_name["canonical"].ok
+    assert by_name["canonical"].max_abs <= by_name["canonical"].limit and by_name["canonical"].ok
     wide = reports[-1]
     assert wide.exact and wide.ok and wide.vs_prev_max_abs <= 1e-5  # window covers the length: exact
 

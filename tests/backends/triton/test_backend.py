@@ -103,7 +103,7 @@ def test_compiled_tiny_llama_reloads_in_a_fresh_process_and_generates_transforme
     result = compile_model(loaded, 64, "triton", [], tmp_path / "a")
     lowering = result.manifest["lowering"]
     assert set(lowering["native"]) == {"attention", "rope"} and lowering["fallbacks"] == []
-    assert result.report["lowered"]["max_abs"] < 1e-4
+    assert result.report["lowered"]["ok"] and result.report["lowered"]["max_abs"] <= result.report["lowered"]["limit"]
     prompt = torch.randint(3, loaded.spec.vocab, (1, 10), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         want = loaded.model.generate(prompt, max_new_tokens=8, do_sample=False, eos_token_id=None, pad_token_id=0,

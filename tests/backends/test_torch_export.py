@@ -1,0 +1,143 @@
+"""The torch artifact is data, never code: a planted pickle, graph target, shape expression or guard never runs.
+
+Each crafted artifact carries a payload that would write a marker file if anything executed it;
+loading must refuse it with one line (a usage error, exit 2 from the command line) and the
+marker must not appear. Before the format change, the first case ran its payload and exited 0.
+"""
+
+import io
+import json
+import re
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from lcc.backends.torch_export import BACKEND, load_weights
+from lcc.compile import compile_model
+from lcc.errors import UsageError
+from tests.test_cli import lcc
+
+
+class Payload:
+    """Unpickling this writes ``marker``."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return exec, (f"open({self.marker!r}, 'w').write('ran')",)
+
+
+def pickled(marker: Path) -> bytes:
+    import pickle
+
+    return pickle.dumps(Payload(marker))
+
+
+@pytest.fixture(scope="module")
+def artifact(tiny, tmp_path_factory):
+    out = tmp_path_factory.mktemp("torch-artifact") / "a"
+    compile_model(tiny("llama"), 64, "torch", [], out)
+    return out
+
+
+def copy_of(artifact: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    dst = tmp_path / "crafted"
+    shutil.copytree(artifact, dst)
+    return dst
+
+
+def test_the_artifact_holds_no_pickle_and_the_weights_once(artifact, tiny):
+    names = sorted(p.name for p in artifact.iterdir())
+    assert not [n for n in names if n.endswith((".pt", ".pt2", ".pkl", ".bin"))], names
+    weight_bytes = sum(p.numel() * p.element_size() for p in tiny("llama").model.parameters())  # tied: counted once
+    stored = (artifact / "weights.safetensors").stat().st_size
+    assert stored <= 1.1 * weight_bytes, (stored, weight_bytes)
+
+
+def test_a_pickle_planted_as_an_old_pt2_archive_never_runs(artifact, tmp_path):
+    """Finding 1: ``data/sample_inputs/model.pt`` replaced by a pickle ran during ``lcc run``."""
+    crafted, marker = copy_of(artifact, tmp_path), tmp_path / "marker"
+
+    class Plus(torch.nn.Module):
+        def forward(self, x):
+            return x + 1
+
+    plain = io.BytesIO()
+    torch.export.save(torch.export.export(Plus(), (torch.ones(2),)), plain)
+    with zipfile.ZipFile(plain) as src, zipfile.ZipFile(crafted / "prefill.pt2", "w") as dst:
+        for name in src.namelist():
+            data = pickled(marker) if name.endswith("sample_inputs/model.pt") else src.read(name)
+            dst.writestr(name, data)
+    (crafted / "prefill.json").unlink()
+    r = lcc("run", str(crafted), "--prompt", "hello", "--max-new-tokens", "2")
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "prefill.json" in r.stderr
+    assert not marker.exists()
+
+
+def test_a_pickle_in_place_of_the_weights_never_runs(artifact, tmp_path):
+    crafted, marker = copy_of(artifact, tmp_path), tmp_path / "marker"
+    (crafted / "weights.safetensors").write_bytes(pickled(marker))
+    with pytest.raises(UsageError, match="not a readable safetensors"):
+        load_weights(crafted / "weights.safetensors")
+    assert not marker.exists()
+
+
+def _edit_graph(crafted: Path, edit) -> None:
+    path = crafted / "prefill.json"
+    tree = json.loads(path.read_bytes())
+    edit(tree)
+    path.write_text(json.dumps(tree))
+
+
+def _first_node(tree):
+    return tree["graph_module"]["graph"]["nodes"][0]
+
+
+@pytest.mark.parametrize("case,fragment", [
+    ("target", "node target 'torch.os.system'"),
+    ("expr", "shape expression"),
+    ("range", "shape expression"),
+    ("guards", "guard code"),
+])
+def test_code_in_the_graph_json_is_refused_before_torch_reads_it(artifact, tmp_path, case, fragment):
+    crafted, marker = copy_of(artifact, tmp_path), tmp_path / "marker"
+    code = f"__import__('os').system('touch {marker}')"
+
+    def edit(tree):
+        if case == "target":
+            _first_node(tree)["target"] = "torch.os.system"
+        elif case == "expr":
+            text = (crafted / "prefill.json").read_text()
+            sym = re.search(r'"expr_str": "([^"]+)"', text)
+            assert sym, "the prefill graph has a symbolic length"
+            tree_text = json.dumps(tree).replace(json.dumps(sym.group(1)), json.dumps(code), 1)
+            tree.clear()
+            tree.update(json.loads(tree_text))
+        elif case == "range":
+            tree["range_constraints"] = {code: {"min_val": 2, "max_val": 64}}
+        else:
+            tree["guards_code"] = [code]
+
+    _edit_graph(crafted, edit)
+    with pytest.raises(UsageError, match=re.escape(fragment)):
+        BACKEND.load(crafted, {})
+    assert not marker.exists()
+
+
+def test_no_lcc_module_unpickles_or_calls_torch_export_load():
+    """The loaders that can run code are not used anywhere in lcc."""
+    root = Path(__file__).resolve().parents[2] / "lcc"
+    offenders = []
+    for path in root.rglob("*.py"):
+        for i, line in enumerate(path.read_text().splitlines(), 1):
+            code = line.split("#")[0]
+            if re.search(r"\bpickle\.loads?\(|torch\.export\.load\(|_pickle_load", code) or (
+                    "torch.load(" in code and "weights_only=True" not in code):
+                offenders.append(f"{path.relative_to(root)}:{i}: {line.strip()}")
+    assert offenders == []
