@@ -11,6 +11,9 @@ beside the page (``docs/kv.json``), so one section can be re-run and the page re
   the cache is filled with random K/V, which does not change the work);
 - ``sink``: greedy generation through kv-sink-cache far past its window, RSS sampled as it goes.
 
+The ``ppl`` and ``passkey`` rows of the pass configs are also stored as quality records in the
+user's records file of the weights (``$LCC_CACHE/quality``, as ``lcc quality`` stores them).
+
     python bench/kv.py --out docs/kv.md [--lengths 4k,8k] [--sink-tokens 3000] [--sections bytes,ppl,...]
 """
 
@@ -63,6 +66,25 @@ def program_for(loaded, capacity, cache_dtype, passes, entries):
     return apply_passes(canonicalize(capture(loaded, capacity, entries=entries, cache_dtype=cache_dtype)), passes)
 
 
+def save_records(loaded, rows: list[dict], figure: str) -> None:
+    """The pass configs' rows as quality records in the user's records file (``lcc quality``'s code path):
+    ``figure`` is "ppl" or "passkey"; passes spelled as the shipped records spell them (+ flash, exact)."""
+    import datetime
+
+    import lcc
+    from lcc.quality.measure import device_name, save_rows
+    from lcc.quality.records import Row
+
+    passes = {label: p for label, dtype, p in CONFIGS if dtype == "float32"}  # fp16 cache: no pass spells it
+    today, where = datetime.date.today().isoformat(), device_name("cpu")
+    out = [Row(tuple(passes[r["label"]] + ["flash"]), r["length"], r.get("ppl") if figure == "ppl" else None,
+               "first-window", r.get("accuracy") if figure == "passkey" else None,
+               r.get("trials", 0) if figure == "passkey" else 0, where, "fp32", today, lcc.__version__,
+               f"bench/kv.py ({figure})") for r in rows if r["label"] in passes]
+    if out:
+        print(f"quality records: {save_rows(loaded, out)}", file=sys.stderr)
+
+
 def section_bytes(args) -> dict:
     from lcc.capture.program import CacheLayout
     from lcc.models import load_model
@@ -110,6 +132,7 @@ def section_ppl(args) -> dict:
             ppl, n = perplexity(program, ids, length, 1)
             rows.append(dict(label=label, length=length, ppl=ppl, tokens=n, seconds=time.perf_counter() - t0))
             print(json.dumps(rows[-1]), file=sys.stderr)
+    save_records(loaded, rows, "ppl")
     return dict(rows=rows, text="KJV Bible (Debian bible-kjv), first window of each length", windows=1)
 
 
@@ -253,6 +276,7 @@ def section_passkey(args) -> dict:
         rows.append(dict(label=label, length=args.passkey_len, accuracy=r.metrics["accuracy"],
                          trials=args.passkey_trials * len(DEPTHS), seconds=time.perf_counter() - t0))
         print(json.dumps(rows[-1]), file=sys.stderr)
+    save_records(loaded, rows, "passkey")
     return dict(rows=rows)
 
 

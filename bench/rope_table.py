@@ -7,7 +7,8 @@ before any method is compared; every method runs through the same `lcc eval` cod
 Each run adds its methods' rows to docs/rope.json (so the table can be filled by several
 runs, e.g. on a GPU machine in parts: ``--methods none,linear``, then the rest) and
 regenerates docs/rope.md and its plots from everything in that file.  A row records the
-device and precision it was measured with.
+device and precision it was measured with.  The rows are also stored as quality records in
+the user's records file of the weights (``$LCC_CACHE/quality``, as ``lcc quality`` stores them).
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ def measure(args, save) -> list[dict]:
     from lcc.eval.text import kjv_text
     from lcc.lengths import format_length, parse_lengths
     from lcc.models import load_model
+    from lcc.quality.measure import save_rows
+    from lcc.quality.records import Row
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -97,6 +100,12 @@ def measure(args, save) -> list[dict]:
                          "transformers": transformers.__version__},
         })
         save(rows[-1])
+        records_file = save_rows(loaded, [
+            Row(tuple(passes), n, p.metrics["ppl"], "first-window", k.metrics["accuracy"] if k else None,
+                k.metrics["trials"] * len(k.metrics["by_depth"]) if k else 0, rows[-1]["device"],
+                rows[-1]["precision"], rows[-1]["date"], lcc.__version__, "bench/rope_table.py")
+            for n, p, k in zip(lengths, ppl, pk)])  # the quality records too, as `lcc quality` writes them
+        print(f"{name}: rows added to {records_file}", file=sys.stderr)
         print(f"{name}: " + ", ".join(f"{L} ppl {r['ppl']:.2f}" + (f" passkey {r['passkey']:.2f}" if "passkey" in r
                                                                     else "") for L, r in results.items())
               + f" ({secs:.0f} s)", file=sys.stderr, flush=True)

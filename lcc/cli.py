@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import math
 import sys
 from typing import Optional
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from lcc.errors import CheckFailed, UsageError
+from lcc.ui import err, human_bytes, out, status, table as make_table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="lcc: compile Hugging Face causal LMs for long contexts.")
-out = Console(width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True)
-
 PassOpt = typer.Option(None, "--pass", "-p", help="NAME[:KEY=VALUE,...], repeatable, applied in order")
+TrustNativeOpt = typer.Option(False, "--trust-native", help="run an artifact's native code (TVM, triton) even "
+                              "though it was not compiled on this machine")
 
 
 def _passes(values: Optional[list[str]]):
@@ -26,23 +26,11 @@ def _passes(values: Optional[list[str]]):
     return [parse_pass(v) for v in values or []]
 
 
-def _status(text: str):
-    return err.status(text, spinner="dots")
-
-
 def _load(model: str):
     from lcc.models import load_model
 
-    with _status(f"loading {model}"):
+    with status(f"loading {model}"):
         return load_model(model)
-
-
-def _human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
 
 
 @app.command()
@@ -55,13 +43,13 @@ def inspect(model: str = typer.Argument("smollm2-135m", help="preset, HF directo
     if as_json:
         print(json.dumps(d, indent=2))
         return
-    table = Table(title=f"{loaded.spec.model_id}", show_header=False)
+    table = make_table(f"{loaded.spec.model_id}", show_header=False)
     for key, value in d.items():
         if key == "attention":
             kinds = sorted(set(value))
             value = ", ".join(f"{k} x{value.count(k)}" for k in kinds)
         elif key.startswith("kv_bytes"):
-            value = f"{value:,} ({_human_bytes(value)})"
+            value = f"{value:,} ({human_bytes(value)})"
         elif key == "params":
             value = f"{value:,}"
         table.add_row(key, str(value))
@@ -78,9 +66,7 @@ def list_passes(as_json: bool = typer.Option(False, "--json", help="print JSON")
     if as_json:
         print(json.dumps(rows, indent=2, default=str))
         return
-    table = Table(title="passes")
-    for col in ("name", "kind", "parameters", "what it does"):
-        table.add_column(col)
+    table = make_table("passes", ("name", "kind", "parameters", "what it does"))
     for r in rows:
         params = ", ".join(f"{k}={v}" for k, v in r["params"].items())
         table.add_row(r["name"], "exact" if r["exact"] else "approximate", params, r["doc"])
@@ -91,7 +77,8 @@ def list_passes(as_json: bool = typer.Option(False, "--json", help="print JSON")
 def run(model: str = typer.Argument(..., help="preset, HF directory, .gguf file, or an artifact from lcc compile"),
         prompt: str = typer.Option(..., "--prompt", help="text to continue"),
         max_new_tokens: int = typer.Option(32, "--max-new-tokens", min=1, help="tokens to generate"),
-        passes: Optional[list[str]] = PassOpt):
+        passes: Optional[list[str]] = PassOpt,
+        trust_native: bool = TrustNativeOpt):
     """Greedy generation through the captured program's prefill + decode."""
     from lcc.capture.export import capture
     from lcc.passes import apply_passes, canonicalize
@@ -100,8 +87,9 @@ def run(model: str = typer.Argument(..., help="preset, HF directory, .gguf file,
     from pathlib import Path
 
     specs = _passes(passes)
+    _check_text(prompt, "--prompt")
     if (Path(model) / "lcc.json").is_file():
-        return _run_artifact(Path(model), prompt, max_new_tokens, specs)
+        return _run_artifact(Path(model), prompt, max_new_tokens, specs, trust_native)
     loaded = _load(model)
     if loaded.tokenizer is None:
         raise UsageError(f"{model} has no tokenizer files: lcc run needs tokenizer.json beside the weights")
@@ -109,32 +97,63 @@ def run(model: str = typer.Argument(..., help="preset, HF directory, .gguf file,
     if ids.shape[1] < 1:
         raise UsageError("the prompt is empty: give --prompt with some text")
     capacity = -(-(ids.shape[1] + max_new_tokens) // 64) * 64
-    with _status("capturing"):
+    _check_cache_fits(loaded.spec.kv_bytes_per_token() * capacity, capacity, "--max-new-tokens")
+    with status("capturing"):
         program = canonicalize(capture(loaded, capacity))
         program = apply_passes(program, specs)
-    with _status("generating"):
+    with status("generating"):
         new = generate_ids(program, ids, max_new_tokens, stop=eos_ids(loaded.model))
     print(loaded.tokenizer.decode(new, skip_special_tokens=True))
 
 
-def _run_artifact(path, prompt: str, max_new_tokens: int, specs) -> None:
+def _check_text(text: str, flag: str) -> None:
+    """Usage error unless ``text`` (from argv: undecodable bytes arrive as surrogates) is valid UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise UsageError(f"{flag} holds bytes that are not valid UTF-8 (at character {e.start}): give UTF-8 text")
+
+
+def _available_memory() -> int:
+    """Bytes of memory available to allocate now (MemAvailable), else the machine's physical memory."""
+    import os
+
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def _check_cache_fits(cache_bytes: int, tokens: int, flag: str) -> None:
+    """Usage error, before allocating it, when a KV cache of ``tokens`` cannot fit in this machine's memory."""
+    free = _available_memory()
+    if cache_bytes > free:
+        raise UsageError(f"{flag}: a KV cache of {tokens:,} tokens needs {human_bytes(cache_bytes)}, more than the "
+                         f"{human_bytes(free)} of memory available here; ask for fewer tokens")
+
+
+def _run_artifact(path, prompt: str, max_new_tokens: int, specs, trust_native: bool = False) -> None:
     from lcc.capture.program import CacheLayout
     from lcc.compile import load_artifact
     from lcc.runtime import generate_ids
 
     if specs:
         raise UsageError("--pass does not apply to a compiled artifact: its passes were fixed by lcc compile")
-    with _status(f"loading {path}"):
-        manifest, runnable, tokenizer = load_artifact(path)
+    with status(f"loading {path}"):
+        manifest, runnable, tokenizer = load_artifact(path, trust_native=trust_native)
     if tokenizer is None:
         raise UsageError(f"{path} has no tokenizer files: recompile from a model that has a tokenizer")
     ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
     if ids.shape[1] < 1:
         raise UsageError("the prompt is empty: give --prompt with some text")
     eos = tokenizer.eos_token_id
-    with _status("generating"):
+    with status("generating"):
         new = generate_ids(runnable, ids, max_new_tokens, stop={eos} if eos is not None else set(),
-                           cache_layout=CacheLayout(**manifest["cache"]))
+                           cache_layout=CacheLayout.from_dict(manifest["cache"]))
     print(tokenizer.decode(new, skip_special_tokens=True))
 
 
@@ -150,10 +169,11 @@ def compile_cmd(model: str = typer.Argument("smollm2-135m", help="preset, HF dir
     from pathlib import Path
 
     from lcc.backends import get_backend
-    from lcc.compile import RichStages, compile_model
-    from lcc.lengths import format_length, parse_length
+    from lcc.compile import compile_model
+    from lcc.ui import RichStages
+    from lcc.lengths import check_min_length, format_length, parse_length
 
-    n = parse_length(target_len)
+    n = check_min_length(parse_length(target_len), "--target-len", target_len)
     specs = _passes(passes) if passes else None
     get_backend(backend)  # a usage error before any slow work
     plan_fn = _planner()
@@ -192,24 +212,30 @@ def diff(model: str = typer.Argument("smollm2-135m", help="preset, HF directory 
          as_json: bool = typer.Option(False, "--json", help="print one JSON object")):
     """Errors of every stage (captured, canonical, each pass, lowered) against HF eager; exit 1 if one is off."""
     from lcc.diff import diff as run_diff
-    from lcc.lengths import parse_length
+    from lcc.lengths import check_min_length, parse_length
 
     specs = _passes(passes)
-    n = parse_length(length)
+    n = check_min_length(parse_length(length), "--len", length)
     if backend is not None:
         from lcc.diff.lowered import check_backend
 
         check_backend(backend)
     loaded = _load(model)
-    with _status("diff") as status:
-        reports = run_diff(loaded, specs, n, progress=lambda s: status.update(f"diff: {s}"), backend=backend)
+    s = loaded.spec
+    # the oracle (HF eager) holds one layer's L x L scores, the logits of every stage and every hidden state
+    need = 4 * n * (s.heads * n + 4 * s.vocab + (s.layers + 1) * s.hidden * 4)
+    if need > _available_memory():
+        raise UsageError(f"--len {length}: comparing {n:,} tokens needs about {human_bytes(need)}, more than the "
+                         f"{human_bytes(_available_memory())} of memory available here; give a shorter --len")
+    with status("diff") as spinner:
+        reports = run_diff(loaded, specs, n, progress=lambda s: spinner.update(f"diff: {s}"), backend=backend)
     if as_json:
         stages = [{k: v for k, v in r.to_dict().items() if k != "ok"} | {"ok": r.ok} for r in reports]
-        print(json.dumps({"model": loaded.spec.model_id, "length": n, "stages": stages}, indent=2))
+        print(json.dumps(_json_safe({"model": loaded.spec.model_id, "length": n, "stages": stages}), indent=2,
+                         allow_nan=False))
     else:
-        table = Table(title=f"{loaded.spec.model_id}, {n} tokens, against HF eager")
-        for col in ("stage", "kind", "max abs", "rel", "cosine", "KL", "top-1", "first div. layer", "ok"):
-            table.add_column(col)
+        table = make_table(f"{loaded.spec.model_id}, {n} tokens, against HF eager",
+                           ("stage", "kind", "max abs", "rel", "cosine", "KL", "top-1", "first div. layer", "ok"))
         for r in reports:
             table.add_row(r.name, "exact" if r.exact else "approx", f"{r.max_abs:.2e}", f"{r.rel:.2e}",
                           f"{r.cosine:.6f}", f"{r.kl:.2e}", f"{r.top1:.3f}",
@@ -220,8 +246,20 @@ def diff(model: str = typer.Argument("smollm2-135m", help="preset, HF directory 
         raise typer.Exit(1)
 
 
+def _json_safe(value):
+    """``value`` with every non-finite float as None (JSON has no NaN or Infinity)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
 @app.command("eval")
-def eval_cmd(model: str = typer.Argument("smollm2-135m", help="preset, HF directory or .gguf file"),
+def eval_cmd(model: str = typer.Argument("smollm2-135m", help="preset, HF directory, .gguf file, or an artifact "
+                                         "from lcc compile"),
              task: str = typer.Option(..., "--task", help="passkey or ppl"),
              lengths: str = typer.Option("4k,8k", "--lengths", help="comma-separated lengths, e.g. 4k,8k,16k"),
              passes: Optional[list[str]] = PassOpt,
@@ -230,35 +268,56 @@ def eval_cmd(model: str = typer.Argument("smollm2-135m", help="preset, HF direct
              text: Optional[str] = typer.Option(None, "--text", help="ppl: a text file (default: the KJV Bible)"),
              as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
              plot: Optional[str] = typer.Option(None, "--plot", help="write a PNG plot here"),
-             device: str = typer.Option("cpu", "--device", help="cpu or cuda (Triton kernels for the lcc ops)")):
-    """Passkey retrieval accuracy or perplexity at each length, through the (rewritten) program."""
-    from rich.progress import Progress
+             device: str = typer.Option("cpu", "--device", help="cpu or cuda (Triton kernels for the lcc ops)"),
+             trust_native: bool = TrustNativeOpt):
+    """Passkey retrieval accuracy or perplexity at each length, through the (rewritten) program or an artifact.
 
-    from lcc.eval import DEPTHS, eval_passkey, eval_ppl, plot as plot_results
+    A passkey trial at length L prompts with L - 8 tokens and generates 8, so an artifact compiled for L
+    is evaluated at L."""
+    from lcc.eval import DEPTHS, eval_passkey, eval_ppl, is_artifact, plot as plot_results
     from lcc.eval.text import load_text
     from lcc.lengths import parse_lengths
 
     if task not in ("passkey", "ppl"):
         raise UsageError(f"unknown task {task!r}: use --task passkey or --task ppl")
-    if plot is not None and not plot.endswith(".png"):
-        raise UsageError(f"--plot {plot}: give a .png path")
+    if plot is not None:
+        from lcc.outdir import check_output_file
+
+        check_output_file(plot, "--plot", ".png")
     if device != "cpu" and not device.startswith("cuda"):
         raise UsageError(f"--device {device}: use cpu or cuda")
+    artifact = is_artifact(model)
+    if artifact and passes:
+        raise UsageError("--pass does not apply to a compiled artifact: its passes were fixed by lcc compile")
+    if artifact and device != "cpu":
+        raise UsageError("--device does not apply to a compiled artifact: it runs where its backend compiled it")
     specs = _passes(passes)
     ns = parse_lengths(lengths)
     corpus = load_text(text) if task == "ppl" else None
-    loaded = _load(model)
-    if loaded.tokenizer is None:
-        raise UsageError(f"{model} has no tokenizer files: lcc eval needs tokenizer.json beside the weights")
+    if artifact:
+        from lcc.eval import check_fits, load_artifact_program
+
+        with status(f"loading {model}"):
+            program = loaded = load_artifact_program(model, trust_native=trust_native)
+        check_fits(program, task, ns)
+        name, label = loaded.manifest.model_id, " + ".join(loaded.manifest.plan["passes"]) or "no passes"
+        label = f"{label}; {loaded.manifest.backend} artifact"
+    else:
+        program, loaded = None, _load(model)
+        if loaded.tokenizer is None:
+            raise UsageError(f"{model} has no tokenizer files: lcc eval needs tokenizer.json beside the weights")
+        name, label = loaded.spec.model_id, " + ".join(str(s) for s in specs) or "no passes"
     steps = len(ns) * (trials * len(DEPTHS) if task == "passkey" else 1)
-    with Progress(console=err, transient=True) as bar:
-        job = bar.add_task(f"{task} on {loaded.spec.model_id}", total=steps)
+    from lcc.ui import counter
+
+    with counter() as bar:
+        job = bar.add_task(f"{task} on {name}", total=steps)
         tick = lambda: bar.advance(job)  # noqa: E731
         if task == "passkey":
-            results = eval_passkey(loaded, specs, ns, trials=trials, progress=tick, device=device)
+            results = eval_passkey(loaded, specs, ns, trials=trials, progress=tick, device=device, program=program)
         else:
-            results = eval_ppl(loaded, specs, ns, corpus, windows=windows, progress=tick, device=device)
-    label = " + ".join(str(s) for s in specs) or "no passes"
+            results = eval_ppl(loaded, specs, ns, corpus, windows=windows, progress=tick, device=device,
+                               program=program)
     metric = "accuracy" if task == "passkey" else "ppl"
     if plot:
         import os
@@ -266,18 +325,83 @@ def eval_cmd(model: str = typer.Argument("smollm2-135m", help="preset, HF direct
 
         fd, tmp = tempfile.mkstemp(suffix=".png", dir=os.path.dirname(os.path.abspath(plot)))
         os.close(fd)
-        plot_results({label: results}, metric, tmp, f"{loaded.spec.model_id}: {task}")
+        plot_results({label: results}, metric, tmp, f"{name}: {task}")
         os.replace(tmp, plot)
     if as_json:
-        print(json.dumps({"model": loaded.spec.model_id, "passes": [str(s) for s in specs], "task": task,
-                          "results": [r.to_dict() for r in results]}, indent=2))
+        doc = {"model": name, "passes": loaded.manifest.plan["passes"] if artifact else [str(s) for s in specs],
+               "task": task, "results": [r.to_dict() for r in results]}
+        if artifact:
+            doc["artifact"] = {"path": str(model), "backend": loaded.manifest.backend,
+                               "target_len": loaded.manifest.target_len}
+        print(json.dumps(doc, indent=2))
         return
-    table = Table(title=f"{loaded.spec.model_id} {task} ({label})")
-    table.add_column("length")
-    table.add_column(metric)
+    table = make_table(f"{name} {task} ({label})", ("length", metric))
     for r in results:
         table.add_row(str(r.length), f"{r.metrics[metric]:.3f}" if metric == "accuracy" else f"{r.metrics[metric]:.2f}")
     out.print(table)
+
+
+@app.command("quality")
+def quality_cmd(model: str = typer.Argument("smollm2-135m", help="preset, HF directory or .gguf file"),
+                lengths: str = typer.Option(..., "--lengths", help="comma-separated lengths, e.g. 16k,32k"),
+                methods: Optional[str] = typer.Option(None, "--methods", help="comma-separated position methods "
+                                                      "(default all: none,linear,ntk,dynamic-ntk,yarn,rerope,"
+                                                      "leaky-rerope,kv-sink-cache)"),
+                trials: int = typer.Option(10, "--trials", help="passkey: seeded trials per depth (3 depths)"),
+                windows: int = typer.Option(2, "--windows", help="ppl: first windows of text per length"),
+                target: str = typer.Option("cpu", "--target", help="cpu or cuda: where the measurement runs"),
+                text: Optional[str] = typer.Option(None, "--text", help="ppl: a text file (default: the KJV Bible)"),
+                as_json: bool = typer.Option(False, "--json", help="print the rows measured as JSON")):
+    """Measure and store the model's quality records: perplexity and passkey of each position method's pass
+    list (the planner's, at each length) and of the unmodified model at its trained length; resumable."""
+    from lcc.lengths import parse_lengths
+    from lcc.quality.measure import Protocol, measure, parse_methods, pending, records_path, store, user_records
+
+    ns = parse_lengths(lengths)
+    names = parse_methods(methods)
+    protocol = Protocol(trials=trials, windows=windows)
+    if target != "cpu" and not target.startswith("cuda"):
+        raise UsageError(f"--target {target}: use cpu or cuda")
+    if target != "cpu":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError(f"--target {target}: CUDA is not available on this machine; use --target cpu")
+    from lcc.eval.text import load_text
+
+    corpus = load_text(text)
+    loaded = _load(model)
+    if loaded.tokenizer is None:
+        raise UsageError(f"{model} has no tokenizer files: lcc quality needs tokenizer.json beside the weights")
+    trained = loaded.spec.trained_len
+    records = user_records(loaded.weights_hash, loaded.spec.model_id, trained)
+    path = records_path(loaded.weights_hash)
+    jobs = pending(records, ns, names, trained, protocol)
+    source = (f"lcc quality {model} --lengths {lengths}" + (f" --methods {methods}" if methods else "")
+              + f" --trials {trials} --windows {windows} --target {target}" + (f" --text {text}" if text else ""))
+    from lcc.ui import step_bar
+
+    with step_bar() as bar:
+        job = bar.add_task(f"quality of {loaded.spec.model_id}", total=len(jobs) * (protocol.passkey_trials + 1))
+        rows = measure(loaded, jobs, protocol, corpus, device=target, source=source,
+                       on_row=lambda row: store(records, row, path), progress=lambda: bar.advance(job))
+    if as_json:
+        print(json.dumps({"model": loaded.spec.model_id, "weights_hash": loaded.weights_hash, "records": str(path),
+                          "rows": [r.to_dict() for r in rows]}, indent=2))
+        return
+    table = make_table(f"{loaded.spec.model_id}: {len(rows)} rows measured into {path}",
+                       ("passes", "length", "ppl", "passkey"))
+    for r in rows:
+        table.add_row(" + ".join(r.passes), str(r.length), f"{r.ppl:.2f}", f"{r.passkey:.2f}")
+    out.print(table)
+    if not rows:
+        out.print("nothing to measure: every row is already in the records (same passes, length and protocol)")
+    from lcc.quality.measure import method_passes
+
+    unplanned = [f"{m} at {n}" for n in ns for m in names if m not in method_passes(n, trained)]
+    if unplanned:
+        out.print(f"not measured (no position method is planned within the trained length {trained}): "
+                  + ", ".join(unplanned))
 
 
 @app.command("train-memory")
@@ -295,22 +419,24 @@ def train_memory_cmd(model: str = typer.Argument("smollm2-135m", help="preset, H
     --pass memory-tokens:count=M,segment=S,memory=FILE."""
     from pathlib import Path
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from lcc.eval.text import load_text
     from lcc.memory import train_memory
     from lcc.passes.memory_tokens import save_memory
 
+    if not (math.isfinite(lr) and lr > 0):
+        raise UsageError(f"--lr {lr}: give a positive finite learning rate, e.g. 1e-2")
     corpus = load_text(text)
     loaded = _load(model)
     if loaded.tokenizer is None:
         raise UsageError(f"{model} has no tokenizer files: lcc train-memory needs tokenizer.json beside the weights")
     target = Path(out_file or f"memory-{Path(loaded.spec.model_id).name}-m{count}-s{segment}.safetensors")
-    if target.suffix != ".safetensors":
-        raise UsageError(f"--out {target}: give a .safetensors path")
+    from lcc.outdir import check_output_file
+
+    check_output_file(target, "--out", ".safetensors")
     ids = loaded.tokenizer(corpus, add_special_tokens=False)["input_ids"]
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err, transient=True) as bar:
+    from lcc.ui import step_bar
+
+    with step_bar() as bar:
         job = bar.add_task("train-memory", total=steps)
         tick = lambda step, loss: bar.update(job, advance=1, description=f"train-memory loss {loss:.3f}")  # noqa: E731
         memory, losses = train_memory(loaded, count, segment, steps, ids, lr=lr, seed=seed, unroll=unroll,
@@ -368,6 +494,40 @@ def _quiet() -> None:
         pass
 
 
+DISK_FULL = 3  # exit code of a write that failed for lack of space (ENOSPC, EDQUOT)
+
+
+def _disk_full(e: BaseException) -> str | None:
+    """One line when ``e`` (or what caused it) is a write that failed for lack of space, else None."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            where = f" writing {e.filename}" if e.filename else ""
+            return f"no space left on the device{where}: free some space and run again (nothing was left behind)"
+        if "No space left on device" in str(e):  # native writers (safetensors, onnx, tvm) raise their own types
+            return "no space left on the device: free some space and run again (nothing was left behind)"
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _catch_sigint() -> tuple[list, object]:
+    """Make SIGINT raise KeyboardInterrupt and remember it, so an interrupt a library swallows still exits 130;
+    (the list it appends to, the handler it replaced)."""
+    import signal
+    import threading
+
+    seen: list = []
+    if threading.current_thread() is not threading.main_thread():
+        return seen, None
+
+    def on_sigint(signum, frame):
+        seen.append(signum)
+        raise KeyboardInterrupt
+
+    return seen, signal.signal(signal.SIGINT, on_sigint)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
@@ -375,24 +535,38 @@ def main(argv: list[str] | None = None) -> int:
     if not debug:
         _quiet()
     usage, exits, aborts = _click_exceptions()
+    interrupted, previous = _catch_sigint()
     try:
         rv = app(args=argv, prog_name="lcc", standalone_mode=False)
+        if interrupted:  # a library swallowed the KeyboardInterrupt: the user still asked to stop
+            return 130
         return rv if isinstance(rv, int) else 0  # click hands back typer.Exit's code when not standalone
     except exits as e:
-        return e.exit_code
+        return 130 if interrupted else e.exit_code
     except (UsageError, *usage) as e:
         if debug:
             raise
         msg = str(e) if isinstance(e, UsageError) else e.format_message()
         print(f"lcc: error: {' '.join(msg.split())}", file=sys.stderr)
         return 2
-    except aborts:
+    except (*aborts, KeyboardInterrupt):
         return 130
     except CheckFailed as e:
         if debug:
             raise
         print(f"lcc: error: {e}", file=sys.stderr)
         return 1
+    except Exception as e:
+        full = _disk_full(e)
+        if full is None or debug:
+            raise
+        print(f"lcc: error: {full}", file=sys.stderr)
+        return DISK_FULL
+    finally:
+        if previous is not None:
+            import signal
+
+            signal.signal(signal.SIGINT, previous)
 
 
 def entry() -> None:

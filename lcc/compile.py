@@ -1,14 +1,14 @@
 """``lcc compile``: plan -> apply -> check every stage -> lower -> an artifact directory.
 
-The artifact holds ``lcc.json`` (version, model id and weights hash, target length,
-plan, backend, cache layout, entry-point signatures), the lowered files, the
-tokenizer, and a report (plan table, pass-by-pass diff, plots).  It is written to
-a temporary directory next to the target and renamed into place.
+The artifact holds ``lcc.json`` (the manifest of :mod:`lcc.artifact`: format and lcc
+version, model id and weights hash, target length, plan, backend, cache layout,
+entry-point signatures), the lowered files, the tokenizer, and a report (plan table,
+pass-by-pass diff, plots).  It is written to a temporary directory next to the target
+and renamed into place.
 """
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +16,8 @@ from typing import Callable
 
 import torch
 
-import lcc
+from lcc import artifact
+from lcc.artifact import Manifest, entry_signatures
 from lcc.backends import get_backend
 from lcc.capture import capture
 from lcc.diff import diff as run_diff, logit_limit
@@ -26,13 +27,14 @@ from lcc.outdir import check_out, install, make_tmp
 from lcc.passes import PassSpec, apply_passes, canonicalize
 
 CHECK_LEN = 256  # tokens of sample input for the stage checks
+ENTRIES = ("prefill", "decode", "prefill_logits")  # what an artifact holds (prefill_logits: perplexity)
 STAGES = ("plan", "check", "capture", "lower", "check lowered", "report")
 
 
 class Stages:
     """Progress of a compile, stage by stage (``start`` a stage with its step count, ``advance`` it).
 
-    This one is silent; :class:`RichStages` draws a rich progress bar per stage.
+    This one is silent; :class:`lcc.ui.RichStages` draws a rich progress bar per stage.
     """
 
     def start(self, stage: str, total: int | None = None) -> None:
@@ -45,71 +47,24 @@ class Stages:
         pass
 
 
-class RichStages(Stages):
-    """One rich progress bar per compile stage, each completed when the next one starts."""
-
-    def __init__(self, console=None):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.bar = Progress(TextColumn("{task.description:<14}"), BarColumn(), MofNCompleteColumn(),
-                            TimeElapsedColumn(), TextColumn("{task.fields[note]}"), console=console)
-        self.tasks: dict[str, int] = {}
-        self.current: str | None = None
-
-    def __enter__(self):
-        self.bar.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.bar.stop()
-
-    def _close(self) -> None:
-        if self.current is not None:
-            task = self.bar.tasks[self.tasks[self.current]]
-            self.bar.update(task.id, total=max(task.completed, task.total or 0, 1),
-                            completed=max(task.completed, task.total or 0, 1), note="")
-
-    def start(self, stage: str, total: int | None = None) -> None:
-        self._close()
-        self.current = stage
-        self.tasks[stage] = self.bar.add_task(stage, total=total, note="")
-
-    def advance(self, stage: str, note: str = "") -> None:
-        self.bar.update(self.tasks[stage], advance=1, note=note)
-
-    def finish(self) -> None:
-        self._close()
-        self.current = None
-
-
 @dataclass
 class CompileResult:
     out: Path
-    manifest: dict
+    manifest: Manifest
     report: dict = field(default_factory=dict)
 
 
-def entry_signatures(program) -> dict:
-    cache = [{"name": f"{kv}_{i}", "shape": list(program.cache.shapes()[0]), "dtype": program.cache.dtype}
-             for i in range(program.cache.layers) for kv in ("k", "v")]
-    b, v = program.cache.batch, program.spec.vocab
-    return {
-        "prefill": {"inputs": [{"name": "input_ids", "shape": [b, "S"], "dtype": "int64"}, *cache],
-                    "outputs": [{"name": "logits", "shape": [b, 1, v], "dtype": "float32"}, *cache]},
-        "decode": {"inputs": [{"name": "input_ids", "shape": [b, 1], "dtype": "int64"},
-                              {"name": "position", "shape": [], "dtype": "int64"}, *cache],
-                   "outputs": [{"name": "logits", "shape": [b, 1, v], "dtype": "float32"}, *cache]},
-    }
-
-
 def _check_lowered(backend, out_dir, manifest, program, ids) -> dict:
-    """The lowered prefill against the program it came from, on the sample input."""
+    """The lowered prefill (and prefill_logits) against the program it came from, on the sample input."""
     loaded = backend.load(out_dir, manifest)
-    with torch.inference_mode():
-        want = program.entries["prefill"](ids, *program.cache.empty())[0]
-        got = loaded.entries["prefill"](ids, *program.cache.empty())[0]
-    got = torch.as_tensor(got)
-    max_abs, limit = float((got - want).abs().max()), logit_limit(want)
+    max_abs, limit = 0.0, 0.0
+    for name in ("prefill_logits", "prefill"):  # prefill last: its logits give top-1
+        if name not in program.entries or name not in loaded.entries:
+            continue
+        with torch.inference_mode():
+            want = program.entries[name](ids, *program.cache.empty())[0]
+            got = torch.as_tensor(loaded.entries[name](ids, *program.cache.empty())[0])
+        max_abs, limit = max(max_abs, float((got - want).abs().max())), max(limit, logit_limit(want))
     return {"name": f"lowered:{backend.name}", "exact": True, "max_abs": max_abs, "limit": limit,
             "ok": max_abs <= limit, "top1": float((got.argmax(-1) == want.argmax(-1)).float().mean())}
 
@@ -136,29 +91,28 @@ def compile_model(loaded: LoadedModel, target_len: int, backend_name: str, passe
         raise CheckFailed(f"exact stages out of tolerance on a {min(CHECK_LEN, target_len)}-token sample: "
                           f"{', '.join(failed)}; `lcc diff MODEL --pass ...` shows every stage")
     stages.start("capture", 2 + len(passes))
-    base = canonicalize(capture(loaded, capacity=target_len))
+    base = canonicalize(capture(loaded, capacity=target_len, entries=ENTRIES))
     stages.advance("capture", "canonical")
     program = apply_passes(base, passes, on_stage=lambda p: stages.advance("capture", p.stage))
     stages.advance("capture", "cost")
     tmp = make_tmp(out)
     try:
         stages.start("lower", None)
-        lowered = backend.lower(program, tmp, progress=lambda s: stages.advance("lower", s))
+        lowered = backend.lower(program, tmp, entries=ENTRIES, progress=lambda s: stages.advance("lower", s))
         if loaded.tokenizer is not None:
             loaded.tokenizer.save_pretrained(tmp)
-        manifest = {
-            "lcc_version": lcc.__version__,
-            "model": {"id": loaded.spec.model_id, "weights_hash": loaded.weights_hash, "spec": loaded.spec.to_dict()},
-            "target_len": target_len,
-            "backend": backend.name,
-            "plan": plan,
-            "cache": program.cache.__dict__,
-            "entries": entry_signatures(program),
-            "files": sorted(lowered.files),
-            "lowering": {"native": lowered.native, "fallbacks": sorted(lowered.fallbacks), "notes": lowered.notes},
-            "checks": [{"stage": r.name, "exact": r.exact, "ok": r.ok} for r in reports],
-        }
-        (tmp / "lcc.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        manifest = Manifest(
+            model={"id": loaded.spec.model_id, "weights_hash": loaded.weights_hash, "spec": loaded.spec.to_dict()},
+            target_len=target_len,
+            backend=backend.name,
+            plan=plan,
+            cache=program.cache.to_dict(),
+            entries=entry_signatures(program),
+            files=sorted(lowered.files),
+            lowering={"native": lowered.native, "fallbacks": sorted(lowered.fallbacks), "notes": lowered.notes},
+            checks=[{"stage": r.name, "exact": r.exact, "ok": r.ok} for r in reports],
+        )
+        manifest.write(tmp)
         stages.start("check lowered", 1)
         from lcc.data import sample_ids
 
@@ -167,12 +121,14 @@ def compile_model(loaded: LoadedModel, target_len: int, backend_name: str, passe
         stages.advance("check lowered")
         stages.start("report", 2)
         report = {"stages": [r.to_dict() for r in reports], "lowered": lowered_check, "plan": plan,
-                  "cost": cost_curves(base, program, passes, target_len, device, tmp / "cost.png")}
+                  "cost": cost_curves(base, program, passes, target_len, device, tmp / "cost.png"),
+                  "timings": lowered.timings}
         stages.advance("report", "cost.png")
         from lcc.report import write_report
 
         write_report(tmp, manifest, report)
         stages.advance("report", "report.md")
+        seal(backend, tmp)
         stages.finish()
         install(tmp, out, force)
     finally:
@@ -213,14 +169,31 @@ def cost_curves(base, program, passes, target_len: int, device: str, png: Path) 
                        for k, v in curves.items()}}
 
 
-def load_artifact(path: Path):
-    """(manifest, runnable with .entries, tokenizer) of a compiled artifact directory."""
+def seal(backend, out_dir: Path) -> None:
+    """The last write of a compile: ``checksums.json`` over every file, and the native files recorded as built
+    on this machine (``$LCC_CACHE/built.json``), so that ``load_artifact`` runs them without --trust-native."""
+    from lcc.integrity import record_built, write_checksums
+
+    write_checksums(out_dir)
+    native_files = getattr(backend, "native_files", None)
+    if native_files is not None:
+        record_built(out_dir, native_files(out_dir))
+
+
+def load_artifact(path: Path, trust_native: bool = False):
+    """(manifest, runnable with .entries, tokenizer) of a compiled artifact directory.
+
+    Before anything of it is loaded: the manifest's format and lcc version, every file against
+    ``checksums.json`` and, for native code, that this machine built it (or ``trust_native``)."""
+    from lcc.integrity import check_native, verify
+
     path = Path(path)
-    manifest_file = path / "lcc.json"
-    if not manifest_file.is_file():
-        raise UsageError(f"{path} is not an lcc artifact (no lcc.json): run `lcc compile ... --out {path}` first")
-    manifest = json.loads(manifest_file.read_text())
-    backend = get_backend(manifest["backend"])
+    manifest = artifact.load(path)
+    table = verify(path)
+    backend = get_backend(manifest.backend)
+    native_files = getattr(backend, "native_files", None)
+    if native_files is not None:
+        check_native(path, native_files(path), table, trust_native)
     runnable = backend.load(path, manifest)
     tokenizer = None
     if (path / "tokenizer.json").is_file():

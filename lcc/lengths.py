@@ -37,3 +37,14 @@ def format_length(n: int) -> str:
         if n % unit == 0:
             return f"{n // unit}{suffix}"
     return str(n)
+
+
+MIN_TOKENS = 3  # a captured prefill's sequence length is dynamic in [2, capacity], and torch.export needs max > min
+
+
+def check_min_length(n: int, flag: str, text: str | int | None = None) -> int:
+    """``n`` when a program can be captured for it; a usage error below :data:`MIN_TOKENS`."""
+    if n < MIN_TOKENS:
+        raise UsageError(f"{flag} {text if text is not None else n}: lcc captures programs of at least "
+                         f"{MIN_TOKENS} tokens; give a longer length")
+    return n

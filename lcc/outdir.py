@@ -107,3 +107,20 @@ def install(tmp: Path, out: Path, force: bool) -> None:
         shutil.rmtree(old, ignore_errors=True)
         raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+def check_output_file(path: str | Path, flag: str, suffix: str) -> Path:
+    """A file lcc will write (``--plot``, ``--out`` of train-memory): the right suffix, in a writable directory.
+
+    Checked before any work, so a read-only place is found at once rather than after minutes of it."""
+    path = Path(path).expanduser()
+    if path.suffix != suffix:
+        raise UsageError(f"{flag} {path}: give a {suffix} path")
+    if path.is_dir():
+        raise UsageError(f"{flag} {path} is a directory: give a {suffix} file path")
+    parent = path.resolve().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise UsageError(f"{flag} {path}: cannot write there; give a path in a writable directory")
+    return path

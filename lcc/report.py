@@ -43,8 +43,8 @@ def _cost_section(cost: dict | None, out: Path) -> list[str]:
     """Predicted peak memory and prefill time against length (lcc.cost), for the plan and for no passes."""
     if not cost or not (out / "cost.png").exists():
         return []
-    from lcc.cost.symbols import human_bytes, human_seconds
     from lcc.lengths import format_length
+    from lcc.ui import human_bytes, human_seconds
 
     labels = list(cost["curves"])
     headers = ["length"] + [f"{k}: {m}" for k in labels for m in ("memory", "prefill")]
@@ -72,15 +72,40 @@ def approximate_notes(stages: list[dict]) -> list[str]:
     return notes
 
 
-def write_report(out: Path, manifest: dict, report: dict) -> None:
+def quality_section(plan: dict, target_len: int) -> list[str]:
+    """The chosen plan's quality at the target: its figures, as ratios to the unmodified model at its
+    trained length, and where they came from (a record with its device and date, a prior, or exact)."""
+    from lcc.lengths import format_length
+
+    est = plan.get("quality_at_target")
+    head = [f"## Quality at {format_length(target_len)}", ""]
+    if plan.get("source") != "planner":
+        return head + ["passes given on the command line: the planner did not judge them; "
+                       "`lcc eval ARTIFACT --task passkey|ppl` measures this artifact.", ""]
+    if not est:
+        return head + ["unmeasured", ""]
+    rows = [["perplexity", _fmt(est.get("ppl")), _fmt(est.get("ppl_ratio"))],
+            ["passkey accuracy", _fmt(est.get("passkey")), _fmt(est.get("retrieval_ratio"))]]
+    return head + [f"chosen with --quality {plan.get('quality')}; figures from: {est.get('source')}"
+                   f"{' (extrapolated)' if est.get('extrapolated') else ''}: {est.get('detail')}", "",
+                   _md_table(["metric", "value", "x the unmodified model at its trained length"], rows), ""]
+
+
+def _fmt(x) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
+def write_report(out: Path, manifest, report: dict) -> None:
+    """report.json, report.md and errors.png of the artifact in ``out`` (``manifest``: its lcc.artifact.Manifest)."""
     out = Path(out)
     (out / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
     stages = report["stages"]
-    parts = [f"# lcc compile report: {manifest['model']['id']} at {manifest['target_len']} tokens, "
-             f"backend {manifest['backend']}", ""]
+    parts = [f"# lcc compile report: {manifest.model_id} at {manifest.target_len} tokens, "
+             f"backend {manifest.backend}", ""]
     plan = report.get("plan", {})
     parts += ["## Plan", "", f"passes: {', '.join(plan.get('passes') or ['(none)'])}", "",
               f"reason: {plan.get('reason', '')}", ""]
+    parts += quality_section(plan, manifest.target_len)
     if plan.get("candidates"):
         keys = list(plan["candidates"][0].keys())
         parts += [_md_table(keys, [[c[k] for k in keys] for c in plan["candidates"]]), ""]
@@ -96,11 +121,11 @@ def write_report(out: Path, manifest: dict, report: dict) -> None:
     low = report["lowered"]
     parts += ["## Lowering", "", f"{low['name']}: max abs logit error against the rewritten program "
               f"{low['max_abs']:.2e}, top-1 agreement {low['top1']:.3f}", ""]
-    native = manifest["lowering"]["native"]
+    native = manifest.lowering["native"]
     parts += [_md_table(["op", "implementation"], [[k, v] for k, v in sorted(native.items())]), ""]
-    if manifest["lowering"]["fallbacks"]:
+    if manifest.lowering["fallbacks"]:
         parts += ["Ops without a native lowering (run as their reference decomposition): "
-                  + ", ".join(manifest["lowering"]["fallbacks"]), ""]
+                  + ", ".join(manifest.lowering["fallbacks"]), ""]
     plot_stage_errors(stages, out / "errors.png")
     parts += ["![error per stage](errors.png)", ""]
     parts += _cost_section(report.get("cost"), out)

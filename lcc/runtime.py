@@ -85,7 +85,7 @@ def generate_ids(program: Program, prompt_ids: torch.Tensor, max_new_tokens: int
     prefill, decode = program.entries["prefill"], program.entries["decode"]
     layout = cache_layout or program.cache
     n = prompt_ids.shape[1]
-    ring = layout.kind.startswith("sink-ring")  # StreamingLLM's cache: constant size, no end
+    ring = layout.ring is not None  # StreamingLLM's cache: constant size, no end
     if n > layout.capacity or (n + max_new_tokens > layout.capacity and not ring):
         from lcc.errors import UsageError
 

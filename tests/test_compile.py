@@ -103,3 +103,18 @@ def test_cli_compile_then_run(tmp_path):
     assert r.returncode == 2 and "unknown device 'tpu'" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     r = lcc("run", str(tmp_path), "--prompt", "x y")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("backend", ["onnx", "tvm"])
+def test_lcc_json_is_byte_identical_for_the_same_inputs_on_native_backends(tmp_path, tiny, backend):
+    """Timings go to report.json, generated names (TVM libraries) come from what is built."""
+    from lcc.backends import get_backend
+
+    try:
+        get_backend(backend)
+    except UsageError as e:
+        pytest.skip(str(e))
+    for name in ("a", "b"):
+        compile_model(tiny("llama"), 128, backend, [], tmp_path / name)
+    assert (tmp_path / "a" / "lcc.json").read_bytes() == (tmp_path / "b" / "lcc.json").read_bytes()
+    assert json.loads((tmp_path / "a" / "report.json").read_text())["timings"]

@@ -109,3 +109,19 @@ def test_stale_temporaries_of_killed_compiles_are_removed(tmp_path, tiny):
     assert not dead.exists() and alive.exists()
     assert (tmp_path / "a" / "lcc.json").is_file()
     assert oct((tmp_path / "a").stat().st_mode & 0o777) == oct(0o755)
+
+
+def test_a_plot_or_output_file_in_a_read_only_place_is_refused_before_any_work(tmp_path):
+    """Issue 20 finding 6: a read-only --plot was found only after the work."""
+    from lcc.outdir import check_output_file
+
+    with pytest.raises(UsageError, match="give a .png path"):
+        check_output_file(tmp_path / "a.jpg", "--plot", ".png")
+    assert check_output_file(tmp_path / "new" / "a.png", "--plot", ".png") == tmp_path / "new" / "a.png"
+    if os.geteuid() != 0:  # root writes anywhere
+        (tmp_path / "ro").mkdir(mode=0o555)
+        with pytest.raises(UsageError, match="cannot write there"):
+            check_output_file(tmp_path / "ro" / "a.png", "--plot", ".png")
+    (tmp_path / "d.png").mkdir()
+    with pytest.raises(UsageError, match="is a directory"):
+        check_output_file(tmp_path / "d.png", "--plot", ".png")

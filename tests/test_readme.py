@@ -10,3 +10,31 @@ def test_ci_runs_the_readme_test_command():
     blocks = [b.split("```")[0].strip() for b in readme.split("```bash\n")[1:3]]
     assert len(blocks) == 2 and all(b.startswith("python3 -m venv .venv") for b in blocks)
     assert blocks[1] in (ROOT / ".ci" / "run").read_text()
+
+
+def _section(title: str) -> str:
+    readme = (ROOT / "README.md").read_text()
+    return readme.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def test_passes_table_lists_every_registered_pass_with_its_kind():
+    import re
+
+    from lcc.passes import REGISTRY
+
+    rows = [line.split(" | ") for line in _section("Passes").splitlines() if line.startswith("| `")]
+    table = {re.match(r"\| `([a-z0-9-]+)", row[0]).group(1): row[1] for row in rows}
+    assert len(table) == len(rows)  # one row per pass
+    assert sorted(table) == sorted(REGISTRY)
+    for name, kind in table.items():
+        assert kind.split()[0] == ("exact" if REGISTRY[name].exact else "approximate"), name
+
+
+def test_layout_names_every_package_and_top_level_module():
+    lines = [line.split()[0] for line in _section("Layout").splitlines() if line.startswith("lcc/")]
+    lcc_dir = ROOT / "lcc"
+    want = {f"lcc/{p.name}" for p in lcc_dir.iterdir() if p.is_dir() and (p / "__init__.py").is_file()}
+    want |= {f"lcc/{p.name}" for p in lcc_dir.glob("*.py") if p.name not in ("__init__.py", "__main__.py")}
+    assert sorted(want - set(lines)) == [] and sorted(set(lines) - want) == []
+    nested = [line.split()[0] for line in _section("Layout").splitlines() if line.startswith("  ")]
+    assert {"backends/onnx", "backends/tvm", "backends/triton", "ops/masks"} <= set(nested)

@@ -21,9 +21,7 @@ import json
 from pathlib import Path
 
 import torch
-from torch.export import Dim
-
-from lcc.backends import Lowered
+from lcc.backends import Lowered, check_dtype
 from lcc.backends.safe_graph import check_graph_json
 from lcc.errors import UsageError
 
@@ -31,19 +29,13 @@ WEIGHTS = "weights.safetensors"
 ENTRIES = ("prefill", "decode")
 
 
-def export_entry(program, name: str):
-    """Re-export one entry graph (sequence length dynamic for prefill entries)."""
-    gm = program.entries[name]
-    cache = program.cache.empty()
-    if name == "decode":
-        args = (torch.zeros(program.cache.batch, 1, dtype=torch.long), torch.tensor(0), *cache)
-        shapes = None
-    else:
-        seq = Dim("seq", min=2, max=program.cache.capacity)
-        args = (torch.zeros(program.cache.batch, min(8, program.cache.capacity), dtype=torch.long), *cache)
-        shapes = ({1: seq}, *[None] * len(cache))
+def export_entry(program, name: str, gm: torch.fx.GraphModule | None = None, seq_len: int | None = None):
+    """Re-export one entry graph (``gm``, default the program's own): the sequence length of prefill-like
+    entries dynamic, or fixed at ``seq_len``."""
+    gm = program.entries[name] if gm is None else gm
+    shapes = program.dynamic_shapes(name) if seq_len is None else None
     with torch.no_grad():
-        return torch.export.export(gm, args, dynamic_shapes=shapes, strict=False)
+        return torch.export.export(gm, program.example_inputs(name, seq_len), dynamic_shapes=shapes, strict=False)
 
 
 def _storage_key(t: torch.Tensor):
@@ -109,6 +101,18 @@ def _constant_name(entry: str, name: str) -> str:
     return f"{entry}::{name}"
 
 
+OTHER_ENTRIES = ("prefill_full", "prefill_logits")  # entries lowered on request (lcc diff, perplexity)
+
+
+def _entries_in(out_dir: Path) -> tuple[str, ...]:
+    """The entries a directory holds: prefill and decode (required) and those lowered on request, or only the
+    latter when it holds no prefill or decode."""
+    others = tuple(n for n in OTHER_ENTRIES if (out_dir / f"{n}.json").is_file())
+    if others and not any((out_dir / f"{n}.json").is_file() for n in ENTRIES):
+        return others
+    return ENTRIES + others
+
+
 class _Loaded:
     def __init__(self, entries):
         self.entries = entries
@@ -120,13 +124,17 @@ class TorchBackend:
     def available(self):
         return None
 
-    def lower(self, program, out_dir, progress=None) -> Lowered:
+    def lower(self, program, out_dir, *, target=None, dtype="float32", entries=None, progress=None) -> Lowered:
+        """Export ``entries`` (default prefill and decode) to ``out_dir``; ``target`` is where they run
+        (PyTorch runs them on any device)."""
         from torch._export.serde.serialize import serialize
 
+        check_dtype(self.name, dtype)
         out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
         weights = WeightWriter()
         files = []
-        for name in ENTRIES:
+        for name in entries or ENTRIES:
             ep = export_entry(program, name)
             graph = serialize(ep).exported_program  # JSON bytes; its state dict / constants / inputs are not kept
             for fqn, t in ep.state_dict.items():
@@ -141,18 +149,19 @@ class TorchBackend:
         return Lowered(files + [WEIGHTS], native={"attention": "lcc op (registered implementation)",
                                                   "rope": "lcc op (registered implementation)"})
 
-    def load(self, out_dir, manifest):
+    def load(self, out_dir, manifest=None):
         import lcc.ops  # noqa: F401  (the saved programs call torch.ops.lcc.*)
         from torch._export.serde.serialize import SerializedArtifact, deserialize
 
         out_dir = Path(out_dir)
-        missing = [f for f in (*[f"{n}.json" for n in ENTRIES], WEIGHTS) if not (out_dir / f).is_file()]
+        names = _entries_in(out_dir)
+        missing = [f for f in (*[f"{n}.json" for n in names], WEIGHTS) if not (out_dir / f).is_file()]
         if missing:
             raise UsageError(f"{out_dir} lacks {', '.join(missing)}: it was written by another lcc version or is "
                              "incomplete; recompile it with `lcc compile`")
         tensors = load_weights(out_dir / WEIGHTS)
         entries = {}
-        for name in ENTRIES:
+        for name in names:
             graph = check_graph_json((out_dir / f"{name}.json").read_bytes(), f"{out_dir / name}.json")
             prefix = _constant_name(name, "")
             constants = {k[len(prefix):]: t for k, t in tensors.items() if k.startswith(prefix)}

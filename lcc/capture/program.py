@@ -3,22 +3,32 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 import torch.fx
 
 from lcc.models.spec import ModelSpec
+from lcc.ops.kv_cache import KVQuantFormat
+
+
+@dataclass(frozen=True)
+class RingCache:
+    """A StreamingLLM cache: ``sinks`` first tokens kept for good plus a ring of the last ``window``."""
+
+    sinks: int
+    window: int
 
 
 @dataclass(frozen=True)
 class CacheLayout:
     """The KV cache the entry points take and return: per layer K and V of [B, Hkv, capacity, D].
 
-    A pass that changes the layout lists the tensors instead, in entry-point order, as
-    ``tensors = ((name, shape, dtype), ...)`` (e.g. quantized codes, scales and a residual ring);
-    ``shapes``, ``empty`` and ``bytes`` then describe those.  ``capacity`` stays the number of
-    token positions the program was captured for.
+    A pass that changes the layout says how in a typed field (``quant``: a quantized cache in
+    that :class:`KVQuantFormat`; ``ring``: a sink + ring cache) and lists the tensors, in
+    entry-point order, as ``tensors = ((name, shape, dtype), ...)``; ``shapes``, ``empty`` and
+    ``bytes`` then describe those.  ``capacity`` stays the number of token positions the
+    program was captured for.  ``to_dict`` / ``from_dict`` round-trip through JSON (the manifest).
     """
 
     batch: int
@@ -27,11 +37,43 @@ class CacheLayout:
     kv_heads: int
     head_dim: int
     dtype: str = "float32"
-    kind: str = "plain"  # passes may change this: "ring", "quantized:...", ...
+    quant: KVQuantFormat | None = None
+    ring: RingCache | None = None
     tensors: tuple = ()  # ((name, shape, dtype), ...) when not plain K/V of ``dtype``
 
-    def __post_init__(self):  # lists from a JSON manifest become tuples
+    def __post_init__(self):  # lists and dicts from a JSON manifest become tuples and records
         object.__setattr__(self, "tensors", tuple((n, tuple(s), d) for n, s, d in self.tensors))
+        if isinstance(self.quant, dict):
+            object.__setattr__(self, "quant", KVQuantFormat(**self.quant))
+        if isinstance(self.ring, dict):
+            object.__setattr__(self, "ring", RingCache(**self.ring))
+
+    @property
+    def plain(self) -> bool:
+        """K and V of ``dtype`` per layer, as captured."""
+        return self.quant is None and self.ring is None and not self.tensors
+
+    @property
+    def kind(self) -> str:
+        """A one-word description for messages and reports: plain, quantized:<format>, sink-ring:sinks=..,window=.."""
+        if self.quant is not None:
+            return f"quantized:{self.quant}"
+        if self.ring is not None:
+            return f"sink-ring:sinks={self.ring.sinks},window={self.ring.window}"
+        return "plain"
+
+    def to_dict(self) -> dict:
+        """JSON-able fields (``from_dict`` inverts it)."""
+        return {"batch": self.batch, "capacity": self.capacity, "layers": self.layers, "kv_heads": self.kv_heads,
+                "head_dim": self.head_dim, "dtype": self.dtype,
+                "quant": asdict(self.quant) if self.quant is not None else None,
+                "ring": asdict(self.ring) if self.ring is not None else None,
+                "tensors": [[n, list(s), d] for n, s, d in self.tensors]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CacheLayout":
+        """The layout ``to_dict`` wrote; a manifest's older ``kind`` string (its typed fields say it) is dropped."""
+        return cls(**{k: v for k, v in d.items() if k != "kind"})
 
     def shapes(self) -> list[tuple[int, ...]]:
         if self.tensors:
@@ -76,6 +118,24 @@ class Program:
 
     def nodes(self, target, entry: str = "prefill"):
         return [n for n in self.entries[entry].graph.nodes if n.op == "call_function" and n.target == target]
+
+    def example_inputs(self, entry: str, seq_len: int | None = None) -> tuple:
+        """Example arguments of ``entry`` for ``torch.export``: zero ids (one token for decode, else
+        ``seq_len``, default min(8, capacity)), decode's position, then an empty cache."""
+        batch, cache = self.cache.batch, self.cache.empty()
+        if entry == "decode":
+            return (torch.zeros(batch, 1, dtype=torch.long), torch.tensor(0), *cache)
+        return (torch.zeros(batch, seq_len or min(8, self.cache.capacity), dtype=torch.long), *cache)
+
+    def dynamic_shapes(self, entry: str, name: str = "seq") -> tuple | None:
+        """``torch.export`` dynamic shapes of ``entry``: the sequence length (dim ``name``, 2..capacity)
+        of prefill-like entries; decode has none."""
+        if entry == "decode":
+            return None
+        from torch.export import Dim
+
+        seq = Dim(name, min=2, max=self.cache.capacity)
+        return ({1: seq}, *[None] * len(self.cache.shapes()))
 
 
 def copy_graph_module(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:

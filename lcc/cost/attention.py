@@ -26,7 +26,7 @@ from __future__ import annotations
 import sympy
 
 from lcc.cost.nodes import Kernel
-from lcc.ops.attention import _CHUNK_BYTES, _parse_algo, attention_cost, mask_pairs
+from lcc.ops.attention import CHUNK_BYTES, attention_cost, mask_pairs, parse_algo
 from lcc.ops.masks import MaskSpec
 
 SCORE_BYTES = 40
@@ -39,7 +39,7 @@ SDPA_BLOCK = (256, 512)  # query x key block of PyTorch's CPU flash kernel (fp32
 
 def _auto_rows(B, Hq, Sq, Sk, skip_keys: bool):
     """The query rows per chunk ``attention_chunked`` picks with chunk=0 (see lcc.ops.attention)."""
-    rows = sympy.Max(16, sympy.floor(sympy.Integer(_CHUNK_BYTES) / (4 * B * Hq * Sk)))
+    rows = sympy.Max(16, sympy.floor(sympy.Integer(CHUNK_BYTES) / (4 * B * Hq * Sk)))
     if skip_keys:
         rows = sympy.Min(rows, sympy.Max(16, sympy.ceiling(Sq / 8)), 1024)
     return sympy.Min(rows, Sq)
@@ -70,7 +70,7 @@ def attention_node_cost(B, Hq, Hkv, Sq, Sk, D, Dv, mask: str, algo: str, device:
     ``self_attention``: the queries are the keys (prefill without a cache offset), the case
     the CPU ``flash`` path hands to PyTorch's fused kernel.
     """
-    name, args = _parse_algo(algo)
+    name, args = parse_algo(algo)
     spec = MaskSpec.parse(mask)
     useful_flops, moved, _ = attention_cost(B, Hq, Hkv, Sq, Sk, D, Dv, mask, itemsize)
     if device == "cuda" and name in IO_AWARE:

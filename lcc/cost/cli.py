@@ -9,17 +9,12 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from typing import Optional
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from lcc.errors import UsageError
-
-out = Console(width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True)
+from lcc.ui import human_bytes, human_count, human_seconds, optional, out, status, table
 
 _UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4,
           "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
@@ -47,13 +42,15 @@ def _check_quality(quality: str) -> str:
     from lcc.cost.planner import QUALITIES
 
     if quality not in QUALITIES:
-        raise UsageError(f"unknown quality {quality!r}: use --quality exact, balanced or any")
+        raise UsageError(f"unknown quality {quality!r}: use --quality {', '.join(QUALITIES[:-1])} or {QUALITIES[-1]}")
     return quality
 
 
 def _check_png(path: Optional[str]) -> None:
-    if path is not None and not path.endswith(".png"):
-        raise UsageError(f"--plot {path}: give a .png path")
+    if path is not None:
+        from lcc.outdir import check_output_file
+
+        check_output_file(path, "--plot", ".png")
 
 
 def _program(model: str):
@@ -62,13 +59,9 @@ def _program(model: str):
     from lcc.models import load_model
     from lcc.passes import canonicalize
 
-    with err.status(f"loading and capturing {model}", spinner="dots"):
+    with status(f"loading and capturing {model}"):
         loaded = load_model(model)
         return loaded, canonicalize(capture(loaded, CAPTURE_CAPACITY, entries=("prefill", "decode")))
-
-
-def _fmt(x, fn) -> str:
-    return "-" if x is None else fn(x)
 
 
 def _curve_lengths(top: int) -> list[int]:
@@ -87,7 +80,7 @@ def cost(model: str = typer.Argument("smollm2-135m", help="preset, HF directory 
          as_json: bool = typer.Option(False, "--json", help="print one JSON object")):
     """Symbolic cost of the program: FLOPs, bytes, memory and roofline time as formulas of L, at each length."""
     from lcc.cost.model import ATTENTION_ALGOS, program_cost
-    from lcc.cost.symbols import human_bytes, human_count, human_seconds, pretty
+    from lcc.cost.symbols import pretty
     from lcc.lengths import format_length, parse_lengths
     from lcc.passes import apply_passes, parse_pass
 
@@ -124,23 +117,22 @@ def cost(model: str = typer.Argument("smollm2-135m", help="preset, HF directory 
               "(sequence length; cache capacity = L)")
     for name, expr in formulas.items():
         out.print(f"  {name.replace('_', ' ')} = {pretty(expr)}")
-    table = Table(title=f"cost at each length on {profile.name}")
-    for col in ("length", "prefill FLOPs", "bytes moved", "weights", "KV cache", "activations", "peak memory",
-                "prefill time", "decode tok/s", f"chunked prefill ({format_length(CHUNKED_PREFILL)})"):
-        table.add_column(col, justify="right")
+    rows = table(f"cost at each length on {profile.name}",
+                 ("length", "prefill FLOPs", "bytes moved", "weights", "KV cache", "activations", "peak memory",
+                  "prefill time", "decode tok/s", f"chunked prefill ({format_length(CHUNKED_PREFILL)})"),
+                 justify="right")
     for e, c in zip(evs, chunked):
-        table.add_row(format_length(e.length), human_count(e.prefill_flops), human_bytes(e.prefill_bytes),
-                      human_bytes(e.weights), human_bytes(e.kv_cache), human_bytes(e.activations),
-                      human_bytes(e.memory), _fmt(e.prefill_time, human_seconds),
-                      _fmt(e.decode_tokens_per_s, lambda x: f"{x:.1f}"),
-                      f"{human_bytes(c['memory'])}, {_fmt(c['time'], human_seconds)}")
-    out.print(table)
-    wst = Table(title=f"attention working set of one layer ({profile.kind})")
-    wst.add_column("algo")
+        rows.add_row(format_length(e.length), human_count(e.prefill_flops), human_bytes(e.prefill_bytes),
+                     human_bytes(e.weights), human_bytes(e.kv_cache), human_bytes(e.activations),
+                     human_bytes(e.memory), optional(e.prefill_time, human_seconds),
+                     optional(e.decode_tokens_per_s, lambda x: f"{x:.1f}"),
+                     f"{human_bytes(c['memory'])}, {optional(c['time'], human_seconds)}")
+    out.print(rows)
+    wst = table(f"attention working set of one layer ({profile.kind})", ("algo",))
     for n in ns:
         wst.add_column(format_length(n), justify="right")
     for algo, vals in ws.items():
-        wst.add_row(algo, *[_fmt(v, human_bytes) for v in vals])
+        wst.add_row(algo, *[optional(v, human_bytes) for v in vals])
     out.print(wst)
     unpriced = sorted({op for e in pc.entries.values() for op in e.unpriced})
     if unpriced:
@@ -148,27 +140,32 @@ def cost(model: str = typer.Argument("smollm2-135m", help="preset, HF directory 
 
 
 def plan(model: str = typer.Argument("smollm2-135m", help="preset, HF directory or .gguf file"),
-         target_len: str = typer.Option("128k", "--target-len", help="context length to plan for, e.g. 128k"),
+         target_len: str = typer.Option("128k", "--target-len", help="context length to plan for, e.g. 128k, or "
+                                        "auto: the longest length up to --max-len that fits --memory at --quality"),
+         max_len: str = typer.Option("1m", "--max-len", help="with --target-len auto: the longest length tried"),
          device: str = typer.Option("h100", "--device", help="hardware profile: h100, h200, a100-80gb, l40s, "
                                     "rtx4090, cpu"),
          memory: Optional[str] = typer.Option(None, "--memory", help="memory budget, e.g. 24GB or 16GiB "
                                               "(default 90% of the device's)"),
-         quality: str = typer.Option("balanced", "--quality", help="exact, balanced or any"),
+         quality: str = typer.Option("balanced", "--quality", help="exact, balanced, retrieval or any (README: "
+                                     "Quality levels)"),
          plot: Optional[str] = typer.Option(None, "--plot", help="write the candidates' cost curves to this PNG"),
          as_json: bool = typer.Option(False, "--json", help='print {"chosen": {...}, "candidates": [...]}')):
     """Rank candidate pass lists by predicted memory, time and quality risk; pick one (exit 1 if none fits)."""
-    from lcc.cost.planner import plan as make_plan
-    from lcc.cost.symbols import human_bytes, human_seconds
+    from lcc.cost.planner import longest_plan, plan as make_plan
     from lcc.lengths import format_length, parse_length
 
-    n = parse_length(target_len)
+    auto = target_len.strip().lower() == "auto"
+    n = parse_length(max_len if auto else target_len)
     budget = parse_memory(memory) if memory is not None else None
     _check_quality(quality)
     _check_png(plot)
     profile = _profile(device)
     loaded, program = _program(model)
-    with err.status("pricing candidates", spinner="dots"):
-        result = make_plan(program, n, profile, budget, quality)
+    with status("pricing candidates"):
+        result = longest_plan(program, n, profile, budget, quality) if auto else \
+            make_plan(program, n, profile, budget, quality)
+    n = result.target_len
     if plot:
         from lcc.cost.model import program_cost
         from lcc.cost.plot import plot_cost
@@ -183,16 +180,20 @@ def plan(model: str = typer.Argument("smollm2-135m", help="preset, HF directory 
     if as_json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
-        table = Table(title=f"{loaded.spec.model_id} at {format_length(n)} on {profile.name} "
-                            f"(budget {human_bytes(result.memory_budget)}, quality {quality})")
-        for col in ("", "passes", "memory", "prefill time", "decode tok/s", "risk", "fits"):
-            table.add_column(col)
+        rows = table(f"{loaded.spec.model_id} at {format_length(n)} on {profile.name} "
+                     f"(budget {human_bytes(result.memory_budget)}, quality {quality})",
+                     ("", "passes", "memory", "prefill time", "decode tok/s", "ppl x", "passkey x", "quality from",
+                      "risk", "fits"))
         for c in result.candidates:
             mark = "*" if c is result.chosen else ""
-            table.add_row(mark, " + ".join(c.passes) or "(none)", _fmt(c.memory, human_bytes),
-                          _fmt(c.prefill_time, human_seconds), _fmt(c.decode_tokens_per_s, lambda x: f"{x:.1f}"),
-                          c.risk if c.error is None else f"error: {c.error}", "yes" if c.fits else "no")
-        out.print(table)
+            est = c.estimate
+            rows.add_row(mark, " + ".join(c.passes) or "(none)", optional(c.memory, human_bytes),
+                         optional(c.prefill_time, human_seconds), optional(c.decode_tokens_per_s, lambda x: f"{x:.1f}"),
+                         optional(est and est.ppl_ratio, lambda x: f"{x:.2f}"),
+                         optional(est and est.retrieval_ratio, lambda x: f"{x:.2f}"),
+                         (est.source + (" (extrapolated)" if est.extrapolated else "")) if est else "-",
+                         c.risk if c.error is None else f"error: {c.error}", "yes" if c.fits else "no")
+        out.print(rows)
         out.print(f"reason: {result.reason}")
     if result.chosen is None:
         raise typer.Exit(1)
@@ -203,9 +204,8 @@ def calibrate(quick: bool = typer.Option(False, "--quick", help="smaller, faster
     """Measure this machine (CPU, and the CUDA GPU if any) and save the profiles for --device cpu / gpu."""
     from lcc.cost.calibrate import calibrate as run
     from lcc.cost.hardware import user_dir
-    from lcc.cost.symbols import human_bytes
 
-    with err.status("calibrating", spinner="dots"):
+    with status("calibrating"):
         profiles = run(save=True, quick=quick)
     if as_json:
         print(json.dumps([p.to_dict() for p in profiles], indent=2))

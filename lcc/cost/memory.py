@@ -1,9 +1,9 @@
 """Memory of a program: weights, the KV cache by layout kind, and chunked prefill.
 
-The KV cache's bytes come from a small table keyed by the layout's ``kind`` (the part
-before ``:``), so a pass that adds a layout (quantized, ring buffer ...) plugs its formula
-in with :func:`register_kv_layout`.  A kind without an entry is priced from the program
-itself: the bytes of the entry point's cache inputs, their capacity dim made symbolic.
+The KV cache's bytes come from a small table keyed by the layout's kind, read from its typed
+fields (:func:`layout_kind`: ``plain``, ``quantized``, ``sink-ring``), so a pass that adds a
+layout plugs its formula in with :func:`register_kv_layout`.  A kind without an entry is priced
+from the program itself: the bytes of the entry point's cache inputs, their capacity dim made symbolic.
 """
 
 from __future__ import annotations
@@ -34,9 +34,7 @@ def _plain(layout: CacheLayout, capacity) -> sympy.Expr:
 
 def _quantized(layout: CacheLayout, capacity) -> sympy.Expr:
     """KIVI / fp8 parts (codes, scales, zeros, fp16 residual ring) per layer, capacity symbolic."""
-    from lcc.ops.kv_cache import KVQuantFormat
-
-    fmt = KVQuantFormat.parse(layout.kind.partition(":")[2])
+    fmt = layout.quant
     total = sympy.Integer(0)
     for which in ("k", "v"):
         for _, shape, dtype in fmt.part_specs(which, layout.batch, layout.kv_heads, capacity, layout.head_dim):
@@ -53,7 +51,6 @@ KV_LAYOUTS: dict[str, KVLayoutCost] = {
     "plain": KVLayoutCost(_plain),
     "quantized": KVLayoutCost(_quantized),
     "sink-ring": KVLayoutCost(_fixed),
-    "ring": KVLayoutCost(_fixed),
 }
 
 
@@ -62,8 +59,17 @@ def register_kv_layout(kind: str, cost: KVLayoutCost) -> None:
     KV_LAYOUTS[kind] = cost
 
 
+def layout_kind(layout: CacheLayout) -> str:
+    """The key of ``layout``'s formula in KV_LAYOUTS, from its typed fields."""
+    if layout.quant is not None:
+        return "quantized"
+    if layout.ring is not None:
+        return "sink-ring"
+    return "plain" if layout.plain else "listed"
+
+
 def kv_layout_cost(layout: CacheLayout) -> KVLayoutCost | None:
-    return KV_LAYOUTS.get(layout.kind.split(":")[0])
+    return KV_LAYOUTS.get(layout_kind(layout))
 
 
 def kv_cache_bytes(layout: CacheLayout, cache_inputs: sympy.Expr | None = None, capacity=C) -> sympy.Expr:

@@ -153,7 +153,7 @@ class ProgramCost:
                  if n.op == "call_function" and str(n.target) == "lcc.attention.default"]
         if not nodes:
             return out
-        from lcc.passes.graph import full_args
+        from lcc.graph import full_args
 
         for algo in algos:
             best = 0.0

@@ -21,7 +21,7 @@ from lcc.ops import registry
 
 
 def _schema_args(node) -> dict:
-    from lcc.passes.graph import named_args
+    from lcc.graph import named_args
 
     return named_args(node)
 

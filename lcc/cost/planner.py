@@ -1,9 +1,12 @@
-"""The planner: enumerate pass lists, price each, drop what does not fit, rank the rest by predicted time.
+"""The planner: enumerate pass lists, price each, estimate its quality at the target, rank within a quality level.
 
-Candidates are built only from passes registered at run time (``lcc.passes.REGISTRY``):
-none, flash, attention-chunked at a few chunk sizes, sliding-window (approximate) alone and
-with an attention algo, and every other registered pass with its defaults, alone and with
-flash.  A candidate that a pass refuses (preconditions) is dropped with its error kept.
+Candidates come from the passes' own declarations (``lcc.passes.REGISTRY``): no passes, then
+each pass the planner may propose (``plan(target_len, trained_len)`` gives its argument strings:
+past the trained length the position methods with their factor from the target; memory-tokens
+declares none), alone and followed by each of its ``plan_with`` passes where the two compose
+(``check_passes``).  A candidate that a pass refuses (preconditions) is dropped with its error kept.
+Each candidate's quality at the target comes from the model's quality records, else a prior
+(:mod:`lcc.quality`); :mod:`lcc.quality.rank` defines the levels.
 """
 
 from __future__ import annotations
@@ -14,17 +17,12 @@ from dataclasses import dataclass, field
 from lcc.capture.program import Program
 from lcc.cost.hardware import Profile, load_profile
 from lcc.cost.model import Evaluation, program_cost
-from lcc.cost.quality import LEVELS, allowed, load_measurements, plan_risk
-from lcc.cost.symbols import human_bytes, human_seconds
 from lcc.errors import UsageError
-
-QUALITIES = ("exact", "balanced", "any")
+from lcc.lengths import format_length
+from lcc.quality import Estimate, load as load_records, prior_estimate, quality_key, shipped
+from lcc.quality.rank import QUALITIES, rank, risk as risk_of
+from lcc.ui import human_bytes, human_seconds
 BUDGET_FRACTION = 0.9  # of the device's memory: the rest for the runtime, the CUDA context and fragmentation
-CHUNKS = (256, 1024, 4096)
-KNOWN = {"flash", "attention-chunked", "sliding-window"}
-# passes the planner never proposes on its own: memory-tokens needs memory trained for the model
-# (`lcc train-memory`) and runs as a segment loop outside the captured graphs, which the cost walk cannot price
-NOT_PLANNED = {"memory-tokens"}
 CAPTURE_CAPACITY = 128  # the capacity is symbolic in the cost: a small capture prices every length
 
 
@@ -39,11 +37,17 @@ class Candidate:
     fits: bool = False
     error: str | None = None
     evaluation: Evaluation | None = field(default=None, repr=False)
+    positions: bool = False  # carries a position method (a pass in the positions slot)
+    exact: bool = False  # every pass is exact at the target length
+    estimate: Estimate | None = None  # quality at the target (record, prior or exact)
+    why_not: str = ""  # why it does not qualify (empty for the qualifying ones)
 
     def to_dict(self) -> dict:
         return {"passes": self.passes, "memory": self.memory, "prefill_time": self.prefill_time,
                 "decode_tokens_per_s": self.decode_tokens_per_s, "risk": self.risk,
-                "risk_detail": self.risk_detail, "fits": self.fits, **({"error": self.error} if self.error else {})}
+                "risk_detail": self.risk_detail, "fits": self.fits, "positions": self.positions,
+                "quality": self.estimate.to_dict() if self.estimate else None, "why_not": self.why_not,
+                **({"error": self.error} if self.error else {})}
 
 
 @dataclass
@@ -67,26 +71,28 @@ class Plan:
                 "candidates": [c.to_dict() for c in self.candidates]}
 
 
-def candidate_pass_lists(target_len: int, registry=None) -> list[list[str]]:
-    from lcc.passes import REGISTRY
+def candidate_pass_lists(target_len: int, registry=None, trained_len: int | None = None) -> list[list[str]]:
+    """[] and, per declared pass (registry order), its planned specs alone and with each companion that composes."""
+    from lcc.passes import REGISTRY, check_passes
 
     reg = REGISTRY if registry is None else registry
+    trained = target_len if trained_len is None else trained_len
     lists: list[list[str]] = [[]]
-    if "flash" in reg:
-        lists.append(["flash"])
-    if "attention-chunked" in reg:
-        lists += [[f"attention-chunked:chunk={c}"] for c in CHUNKS if c < target_len]
-    if "sliding-window" in reg:
-        sw = "sliding-window:window=4096,sinks=4"
-        lists.append([sw])
-        if "flash" in reg:
-            lists.append([sw, "flash"])
-        if "attention-chunked" in reg:
-            lists.append([sw, "attention-chunked:chunk=1024"])
-    for name in sorted(set(reg) - KNOWN - NOT_PLANNED):
-        lists.append([name])
-        if "flash" in reg:
-            lists.append([name, "flash"])
+    for name in reg:
+        d = reg[name] if reg[name] is not None else REGISTRY.get(name)
+        if d is None or d.plan is None:
+            continue
+        for args in d.plan(target_len, trained):
+            spec = f"{name}:{args}" if args else name
+            lists.append([spec])
+            for other in d.plan_with:
+                if other.partition(":")[0] not in reg:
+                    continue
+                try:
+                    check_passes([spec, other])
+                except UsageError:
+                    continue
+                lists.append([spec, other])
     out, seen = [], set()
     for lst in lists:
         if tuple(lst) not in seen:
@@ -135,16 +141,52 @@ def rewritten_cost(program: Program, passes: list[str], kind: str):
     return _COSTS[key]
 
 
-def price(program: Program, passes: list[str], target_len: int, profile: Profile, data=None) -> Candidate:
-    cand = Candidate(list(passes))
+def measure_command(program: Program, target_len: int) -> str:
+
+    return f"lcc quality {program.spec.model_id} --lengths {format_length(target_len)}"
+
+
+def estimate(program: Program, passes: list[str], target_len: int, records, reference,
+             positions: bool = True) -> Estimate:
+    """Quality of ``passes`` at ``target_len``: exact, the model's record, or a prior (its own or the reference's).
+
+    Past the trained length a list without a position method is judged as the unmodified model there
+    (it is no better) unless a record at that length or longer says otherwise."""
+    trained = program.spec.trained_len
+    if not quality_key(passes, target_len) and target_len <= trained:
+        return Estimate(None, None, 1.0, 1.0, None, False, "exact", "exact passes within the trained length")
+    found = records.estimate(passes, target_len) if records is not None else None
+    if found is not None and (positions or target_len <= trained or not found.extrapolated):
+        return found
+    if not positions and target_len > trained:
+        passes = []  # judged as the unmodified model past its trained length
+        found = records.estimate(passes, target_len) if records is not None else None
+        if found is not None:
+            return found
+    measure = measure_command(program, target_len)
+    own = prior_estimate(passes, target_len, trained, records, measure) if records is not None else None
+    if own is not None and (own.ppl_ratio is not None or own.retrieval_ratio is not None):
+        return own
+    return prior_estimate(passes, target_len, trained, reference, measure)
+
+
+def price(program: Program, passes: list[str], target_len: int, profile: Profile, records=None,
+          reference=None) -> Candidate:
+    from lcc.passes import parse_pass
+
+    specs = [parse_pass(p) for p in passes]
+    cand = Candidate(list(passes), positions=any("positions" in s.definition.slots for s in specs),
+                     exact=all(s.exact_for(target_len) for s in specs))
     pc = rewritten_cost(program, passes, profile.kind)
     if isinstance(pc, str):
         cand.error = pc
         return cand
     ev = pc.evaluate(target_len, profile)
-    risk = plan_risk(passes, target_len, data)
     cand.memory, cand.prefill_time, cand.decode_tokens_per_s = ev.memory, ev.prefill_time, ev.decode_tokens_per_s
-    cand.risk, cand.risk_detail, cand.evaluation = risk.level, risk.detail, ev
+    cand.evaluation = ev
+    cand.estimate = estimate(program, passes, target_len, records, reference, cand.positions)
+    cand.risk = risk_of(cand.estimate, cand.estimate.extrapolated or cand.estimate.source == "prior")
+    cand.risk_detail = cand.estimate.detail
     return cand
 
 
@@ -156,20 +198,40 @@ def plan(loaded_or_program, target_len: int, profile: Profile | str = "h100", me
     profile = load_profile(profile) if isinstance(profile, str) else profile
     budget = float(memory_budget) if memory_budget else BUDGET_FRACTION * profile.memory_bytes
     program = _program(loaded_or_program)
-    data = load_measurements()
-    cands = [price(program, p, target_len, profile, data)
-             for p in (candidates if candidates is not None else candidate_pass_lists(target_len))]
+    trained = program.spec.trained_len
+    records = load_records(program.meta["weights_hash"], program.spec.model_id, trained) \
+        if program.meta.get("weights_hash") else None
+    reference = next(iter(shipped()), None)
+    lists = candidates if candidates is not None else candidate_pass_lists(target_len, trained_len=trained)
+    cands = [price(program, p, target_len, profile, records, reference) for p in lists]
     for c in cands:
         c.fits = c.error is None and c.memory is not None and c.memory <= budget
     priced = [c for c in cands if c.error is None]
-    ok = sorted((c for c in priced if c.fits and allowed(c.risk, quality)),
-                key=lambda c: (c.prefill_time, -(c.decode_tokens_per_s or 0), LEVELS.index(c.risk), c.memory,
-                               len(c.passes)))
+    ranking = rank(priced, quality, beyond=target_len > trained)
+    ok = ranking.ok
+    for i, c in enumerate(priced):
+        c.why_not = ranking.why_not.get(i, "")
     ranked = ok + sorted((c for c in priced if c not in ok), key=lambda c: c.memory) + \
         [c for c in cands if c.error is not None]
     chosen = ok[0] if ok else None
     return Plan(target_len, profile.name, budget, quality, chosen, ranked,
                 _reason(chosen, priced, ok, budget, quality, target_len, program, profile))
+
+
+def longest_plan(loaded_or_program, max_len: int, profile: Profile | str = "h100", memory_budget: float | None = None,
+                 quality: str = "balanced") -> Plan:
+    """``--target-len auto``: the plan at the longest length up to ``max_len`` (powers of two, and ``max_len``)
+    at which some candidate fits the budget and meets the quality level; else the plan at the shortest."""
+    program = _program(loaded_or_program)
+    lengths = sorted({max_len} | {1 << k for k in range(10, 64) if (1 << k) <= max_len}, reverse=True)
+    result = None
+    for n in lengths:
+        result = plan(program, n, profile, memory_budget, quality)
+        if result.chosen is not None:
+            result.reason = f"longest length up to {max_len} that fits and meets quality={quality}: {n}. " + \
+                result.reason
+            return result
+    return result
 
 
 def _name(c: Candidate) -> str:
@@ -180,8 +242,11 @@ def _reason(chosen, priced, ok, budget, quality, target_len, program, profile) -
     fit = [c for c in priced if c.fits]
     beyond = ""
     if target_len > program.spec.trained_len:
-        beyond = (f" The target is beyond the model's trained length ({program.spec.trained_len}): quality there "
-                  "is not covered by the risk column.")
+        beyond = (f" The target is {target_len / program.spec.trained_len:g}x the model's trained length "
+                  f"({program.spec.trained_len}): only candidates with a position method qualify.")
+    if chosen is None and quality == "exact" and beyond:
+        return (f"nothing is exact past the trained length ({program.spec.trained_len} tokens): every candidate "
+                f"changes the model there; use --quality balanced (the default) or retrieval.")
     if chosen is None:
         if not fit:
             smallest = min(priced, key=lambda c: c.memory) if priced else None
@@ -189,13 +254,15 @@ def _reason(chosen, priced, ok, budget, quality, target_len, program, profile) -
                 return "no candidate could be priced" + beyond
             return (f"nothing fits in {human_bytes(budget)} on {profile.name}: the smallest is "
                     f"{_name(smallest)} at {human_bytes(smallest.memory)}." + beyond)
+        why = "; ".join(f"{_name(c)}: {c.why_not}" for c in fit[:4] if c.why_not)
         return (f"{len(fit)} candidate(s) fit in {human_bytes(budget)} but none meets quality={quality} "
-                f"(their risks: {', '.join(sorted({c.risk for c in fit}))}); try --quality any." + beyond)
+                f"({why}); try --quality retrieval or any." + beyond)
     text = (f"{_name(chosen)}: fastest predicted prefill ({human_seconds(chosen.prefill_time)}) of {len(ok)} "
             f"candidate(s) that fit in {human_bytes(budget)} on {profile.name} with quality={quality} (risk "
             f"{chosen.risk}); memory {human_bytes(chosen.memory)}")
     if chosen.decode_tokens_per_s:
         text += f", decode {chosen.decode_tokens_per_s:.1f} tokens/s"
+    text += f"; quality at {format_length(target_len)}: {_quality_text(chosen.estimate)}"
     bare = next((c for c in priced if not c.passes), None)
     if bare is not None and chosen is not bare:
         text += (f"; no passes: {human_seconds(bare.prefill_time)}, {human_bytes(bare.memory)}"
@@ -209,6 +276,20 @@ def _reason(chosen, priced, ok, budget, quality, target_len, program, profile) -
     if dropped:
         text += f"; {dropped} did not fit"
     return text + "." + beyond
+
+
+def _quality_text(est: Estimate | None) -> str:
+    if est is None:
+        return "unmeasured"
+    if est.source == "exact":
+        return "exact (the model's own outputs)"
+    parts = []
+    if est.ppl_ratio is not None:
+        parts.append(f"perplexity {est.ppl_ratio:.2f}x")
+    if est.retrieval_ratio is not None:
+        parts.append(f"passkey {est.retrieval_ratio:.2f}x")
+    figures = ", ".join(parts) or "no figures"
+    return f"{figures} the unmodified model at its trained length ({est.detail})"
 
 
 def _slower_why(bare: Candidate, profile) -> str:
@@ -229,6 +310,7 @@ def plan_for_compile(loaded, target_len: int, device: str = "cpu"):
         raise UsageError(f"lcc compile: {p.reason} Give the passes with --pass, or a device with more memory.")
     d = {"source": "planner", "passes": p.passes, "reason": p.reason, "device": p.device,
          "quality": p.quality, "memory_budget": p.memory_budget,
+         "quality_at_target": p.chosen.estimate.to_dict() if p.chosen.estimate else None,
          "candidates": [_row(c) for c in p.candidates]}
     return d, [parse_pass(s) for s in p.passes]
 
@@ -238,4 +320,11 @@ def _row(c: Candidate) -> dict:
             "memory": human_bytes(c.memory) if c.memory is not None else "-",
             "prefill_time": human_seconds(c.prefill_time) if c.prefill_time is not None else "-",
             "decode_tokens_per_s": f"{c.decode_tokens_per_s:.1f}" if c.decode_tokens_per_s else "-",
-            "risk": c.risk, "fits": c.fits}
+            "risk": c.risk, "fits": c.fits, "why_not": c.why_not,
+            "ppl_ratio": _ratio(c, "ppl_ratio"), "retrieval_ratio": _ratio(c, "retrieval_ratio"),
+            "quality_source": c.estimate.detail if c.estimate else "-"}
+
+
+def _ratio(c: Candidate, name: str) -> str:
+    value = getattr(c.estimate, name, None) if c.estimate else None
+    return "-" if value is None else f"{value:.2f}"

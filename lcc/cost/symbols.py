@@ -64,31 +64,6 @@ def compile_expr(expr):
                                                    "Max": max}, "math"])
 
 
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
-
-
-def human_seconds(t: float) -> str:
-    if t < 1e-3:
-        return f"{t * 1e6:.0f} us"
-    if t < 1:
-        return f"{t * 1e3:.1f} ms"
-    if t < 120:
-        return f"{t:.2f} s"
-    return f"{t / 60:.1f} min"
-
-
-def human_count(n: float) -> str:
-    for unit, scale in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.2f} {unit}"
-    return f"{n:.0f}"
-
-
 def pretty(expr, digits: int = 4) -> str:
     """A short formula: expanded in ``L`` with floats rounded, e.g. ``1.36e+8*L + 1.08e+4*L**2``."""
     expr = sympy.expand(substitute(expr))

@@ -1,8 +1,14 @@
-"""``lcc eval``: passkey retrieval and perplexity at given lengths, through a (rewritten) program."""
+"""``lcc eval``: passkey retrieval and perplexity at given lengths, through a (rewritten) program or an artifact.
+
+A passkey trial at length L prompts with L - ANSWER_TOKENS tokens (:mod:`lcc.eval.passkey`), so
+lengths up to an artifact's capacity (its target length) fit it; perplexity windows are L
+tokens, scored through the ``prefill_logits`` entry.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 from lcc.capture.export import capture
@@ -19,6 +25,58 @@ class EvalResult:
 
     def to_dict(self) -> dict:
         return {"length": self.length, **self.metrics}
+
+
+@dataclass
+class ArtifactProgram:
+    """A compiled artifact as eval runs it: its loaded entries, cache layout and tokenizer (inputs on the CPU)."""
+
+    path: Path
+    manifest: object  # lcc.artifact.Manifest
+    entries: dict
+    cache: object  # CacheLayout
+    tokenizer: object
+    meta: dict = field(default_factory=lambda: {"device": "cpu"})
+
+    @property
+    def target_len(self) -> int:
+        """The length it was compiled for: the longest evaluation it takes (its cache capacity if plain)."""
+        return self.manifest.target_len
+
+
+def is_artifact(path) -> bool:
+    from lcc.artifact import FILE
+
+    return (Path(path) / FILE).is_file()
+
+
+def load_artifact_program(path, trust_native: bool = False) -> ArtifactProgram:
+    """The artifact directory ``path`` loaded by its own backend, ready for :func:`eval_passkey` / :func:`eval_ppl`."""
+    from lcc.capture.program import CacheLayout
+    from lcc.compile import load_artifact
+
+    manifest, runnable, tokenizer = load_artifact(path, trust_native=trust_native)
+    if tokenizer is None:
+        from lcc.errors import UsageError
+
+        raise UsageError(f"{path} has no tokenizer files: recompile from a model that has a tokenizer")
+    return ArtifactProgram(Path(path), manifest, dict(runnable.entries), CacheLayout.from_dict(manifest.cache),
+                           tokenizer)
+
+
+def check_fits(program: ArtifactProgram, task: str, lengths) -> None:
+    """Usage error unless the artifact holds the entries ``task`` needs and every length fits its target length."""
+    from lcc.errors import UsageError
+
+    need = ("prefill", "decode") if task == "passkey" else ("prefill_logits",)
+    missing = [e for e in need if e not in program.entries]
+    if missing:
+        raise UsageError(f"{program.path} has no {', '.join(missing)} entry (compiled by an older lcc?): "
+                         f"recompile it with `lcc compile` to evaluate {task}")
+    too_long = [n for n in lengths if n > program.target_len]
+    if too_long:
+        raise UsageError(f"--lengths {max(too_long)}: the artifact was compiled for {program.target_len} tokens; "
+                         f"evaluate at most {program.target_len} or recompile with a larger --target-len")
 
 
 def capacity_for(max_len: int) -> int:
@@ -40,8 +98,9 @@ def prepare(loaded: LoadedModel, passes, max_len: int, entries, device: str = "c
 def eval_passkey(loaded: LoadedModel, passes, lengths, trials: int = 10, depths=DEPTHS,
                  progress: Callable[[], None] | None = None, device: str = "cpu",
                  program=None) -> list[EvalResult]:
-    """``program`` (already rewritten and placed) skips the capture; else ``passes`` are applied here."""
-    from lcc.eval.passkey import build_prompt, run_trial
+    """``program`` (already rewritten and placed, or an artifact) skips the capture; else ``passes`` are
+    applied here.  ``loaded`` gives the tokenizer."""
+    from lcc.eval.passkey import build_prompt, prompt_length, run_trial
 
     program = program or prepare(loaded, passes, max(lengths), ("prefill", "decode"), device)
     results = []
@@ -50,7 +109,8 @@ def eval_passkey(loaded: LoadedModel, passes, lengths, trials: int = 10, depths=
         for depth in depths:
             hits = 0
             for seed in range(trials):
-                ok, _ = run_trial(program, loaded.tokenizer, build_prompt(loaded.tokenizer, length, depth, seed))
+                prompt = build_prompt(loaded.tokenizer, prompt_length(length), depth, seed)
+                ok, _ = run_trial(program, loaded.tokenizer, prompt)
                 hits += ok
                 if progress:
                     progress()

@@ -46,6 +46,31 @@ def _check_family(config) -> None:
             f"model family {config.model_type!r} is not supported; supported: {', '.join(FAMILIES)}")
 
 
+def _check_shapes(config, where: str) -> None:
+    """The config's sizes are positive integers that fit together (the model would crash or be wrong otherwise)."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    sizes = {}
+    for key in ("num_hidden_layers", "num_attention_heads", "hidden_size", "vocab_size"):
+        value = getattr(text, key, None)
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise UsageError(f"{where}: {key}={value!r} must be a positive integer")
+        sizes[key] = value
+    heads, hidden = sizes["num_attention_heads"], sizes["hidden_size"]
+    kv = getattr(text, "num_key_value_heads", None)
+    kv = heads if kv is None else kv
+    if isinstance(kv, bool) or not isinstance(kv, int) or kv <= 0 or heads % kv:
+        raise UsageError(f"{where}: num_key_value_heads={kv!r} must be a positive integer dividing "
+                         f"num_attention_heads={heads}")
+    head_dim = getattr(text, "head_dim", None)
+    if head_dim is None:
+        if hidden % heads:
+            raise UsageError(f"{where}: hidden_size={hidden} is not divisible by num_attention_heads={heads}; "
+                             "give head_dim or a hidden size that divides")
+        head_dim = hidden // heads
+    if isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim <= 0 or head_dim % 2:
+        raise UsageError(f"{where}: head dim {head_dim!r} must be a positive even integer (rotary pairs dimensions)")
+
+
 def _hash_files(paths: list[Path]) -> str:
     h = hashlib.sha256()
     for p in sorted(paths):
@@ -82,11 +107,17 @@ def load_hf_dir(path: Path, model_id: str | None = None, weights_hash: str | Non
         raise UsageError(f"{path} has no *.safetensors weights: lcc loads safetensors (or a .gguf file)")
     try:
         config = AutoConfig.from_pretrained(path)
-    except (ValueError, OSError, json.JSONDecodeError) as e:
-        raise UsageError(f"{path}/config.json is not a valid HF config ({_first_line(e)}): fix or re-export it")
+    except Exception as e:  # noqa: BLE001  (transformers' validators raise ValueError, TypeError and their own types)
+        cause = e.__cause__ or e
+        raise UsageError(f"{path}/config.json is not a valid HF config ({_first_line(cause)}): fix or re-export it")
     _check_family(config)
+    _check_shapes(config, f"{path}/config.json")
     _check_safetensors(weights)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    except Exception as e:  # noqa: BLE001  (transformers and torch raise many types on a config that cannot build)
+        raise UsageError(f"{path}: the weights do not load with its config.json ({_first_line(e)}): "
+                         "the config and the safetensors must come from the same model")
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError, TypeError):

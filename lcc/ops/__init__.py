@@ -6,6 +6,5 @@ from lcc.ops.rope import rope, rope_reference  # noqa: F401
 
 ATTENTION = "attention"
 ROPE = "rope"
-from lcc.ops import sparse_masks  # noqa: F401,E402  (registers block-sparse mask kinds)
 from lcc.ops import rerope, rope_scaling  # noqa: F401,E402  (rerope op; rope variants)
 from lcc.ops import linear_attention  # noqa: F401,E402  (lcc.linear_attention op)

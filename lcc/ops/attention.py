@@ -17,10 +17,10 @@ import sympy
 import torch
 
 from lcc.ops import registry
-from lcc.ops.masks import MaskSpec
+from lcc.ops.masks import MaskSpec, mask_pairs
 
 # Query rows per chunk are chosen so one chunk's score matrix stays under this many bytes.
-_CHUNK_BYTES = 256 * 1024 * 1024
+CHUNK_BYTES = 256 * 1024 * 1024
 
 
 def _positions(kv_len, B, Sq, Sk, device):
@@ -61,9 +61,9 @@ def masked_softmax_v(scores, q_pos, n_valid, mask_mod, kv_idx, v):
 
 
 def row_chunk(B: int, Hq: int, Sq: int, Sk: int, skip_keys: bool = True) -> int:
-    """Query rows per chunk: one chunk's fp32 score matrix under _CHUNK_BYTES; with key skipping, also
+    """Query rows per chunk: one chunk's fp32 score matrix under CHUNK_BYTES; with key skipping, also
     enough chunks (8, at most 1024 rows each) that causal skipping pays."""
-    chunk = max(16, _CHUNK_BYTES // max(1, 4 * B * Hq * Sk))
+    chunk = max(16, CHUNK_BYTES // max(1, 4 * B * Hq * Sk))
     return min(chunk, max(16, -(-Sq // 8)), 1024) if skip_keys else chunk
 
 
@@ -76,7 +76,7 @@ def attention_reference(q, k, v, kv_len=None, scale=None, mask="causal"):
     return out.to(q.dtype)
 
 
-def _gather_keys(k, v, ranges):
+def gather_keys(k, v, ranges):
     """Keys and values of the given intervals, plus their absolute positions; slices when contiguous."""
     if len(ranges) == 1:
         lo, hi = ranges[0]
@@ -110,7 +110,7 @@ def attention_chunked(q, k, v, kv_len=None, scale=None, mask="causal", chunk=0, 
         if not ranges:
             out[:, :, s:e] = 0
             continue
-        ks, vs, idx = _gather_keys(k, v, ranges)
+        ks, vs, idx = gather_keys(k, v, ranges)
         out[:, :, s:e] = _attend_rows(q[:, :, s:e], ks, vs, qp, n, scale, mask_mod, idx).to(q.dtype)
     return out
 
@@ -125,11 +125,8 @@ def attention_flash_cpu(q, k, v, kv_len=None, scale=None, mask="causal"):
     return attention_chunked(q, k, v, kv_len, scale, mask)
 
 
-# Implementations that ``algo`` can name on a device; backends add theirs (e.g. Triton on cuda).
-IMPLEMENTATIONS: dict[tuple[str, str], callable] = {}
-
-
-def _parse_algo(algo: str) -> tuple[str, dict[str, int]]:
+def parse_algo(algo: str) -> tuple[str, dict[str, int]]:
+    """``"chunked:chunk=512"`` -> ``("chunked", {"chunk": 512})``: the implementation name and its integer options."""
     name, _, rest = algo.partition(":")
     args = {}
     for item in filter(None, rest.split(",")):
@@ -148,17 +145,10 @@ def attention(
     mask: str = "causal",
     algo: str = "auto",
 ) -> torch.Tensor:
-    name, args = _parse_algo(algo)
-    impl = IMPLEMENTATIONS.get((name, q.device.type))
-    if impl is not None:
-        return impl(q, k, v, kv_len, scale, mask, **args)
-    if name == "reference":
-        return attention_reference(q, k, v, kv_len, scale, mask)
-    if name == "auto":  # eager-identical arithmetic, memory bounded by row chunks
-        return attention_chunked(q, k, v, kv_len, scale, mask, skip_keys=False)
-    if name == "flash":
-        return attention_flash_cpu(q, k, v, kv_len, scale, mask)
-    return attention_chunked(q, k, v, kv_len, scale, mask, chunk=args.get("chunk", 0))
+    name, args = parse_algo(algo)
+    call = (q, k, v, kv_len, scale, mask)
+    impl = registry.select("attention", name, q.device.type, *call) or registry.select("attention", "chunked", "*")
+    return impl.fn(*call, **args)
 
 
 @attention.register_fake
@@ -180,21 +170,6 @@ def attention_cost(B, Hq, Hkv, Sq, Sk, D, Dv, mask: str, itemsize: int = 4):
     return flops, moved, held
 
 
-def mask_pairs(mask: str, Sq, Sk):
-    """Number of (query, key) pairs a mask keeps, queries aligned to the end of the keys (sympy)."""
-    spec = MaskSpec.parse(mask)
-    Sq, Sk = sympy.sympify(Sq), sympy.sympify(Sk)
-    causal = Sq * Sk - Sq * (Sq - 1) / 2
-    if spec.kind == "full":
-        return Sq * Sk
-    if spec.kind == "sliding":
-        w, s = spec.args["window"], spec.args["sinks"]
-        # each query keeps at most w local keys plus s sinks; never more than causal
-        return sympy.Min(causal, Sq * (w + s))
-    pairs_fn = getattr(registry, "_mask_pairs", {}).get(spec.kind)
-    return pairs_fn(spec, Sq, Sk) if pairs_fn else causal
-
-
 registry.declare(registry.OpDef(
     name="attention",
     op=torch.ops.lcc.attention.default,
@@ -203,4 +178,20 @@ registry.declare(registry.OpDef(
     doc="softmax(q k^T * scale, mask) v; GQA native; queries aligned to the end of the keys",
 ))
 
-__all__ = ["attention", "attention_reference", "attention_chunked", "attention_cost", "mask_pairs", "math"]
+
+def _auto(q, k, v, kv_len, scale, mask, **_):
+    """Eager-identical arithmetic (the GEMM shapes of transformers' eager attention), memory bounded by row chunks."""
+    return attention_chunked(q, k, v, kv_len, scale, mask, skip_keys=False)
+
+
+# The pure-torch implementations, on any device; an unknown algo name runs "chunked". Kernels add theirs.
+for _impl in (registry.Impl("reference", "*", lambda q, k, v, kv_len, scale, mask, **_:
+                            attention_reference(q, k, v, kv_len, scale, mask), source=__name__),
+              registry.Impl("auto", "*", _auto, source=__name__),
+              registry.Impl("flash", "*", lambda q, k, v, kv_len, scale, mask, **_:
+                            attention_flash_cpu(q, k, v, kv_len, scale, mask), source=__name__),
+              registry.Impl("chunked", "*", lambda q, k, v, kv_len, scale, mask, chunk=0, **_:
+                            attention_chunked(q, k, v, kv_len, scale, mask, chunk=chunk), source=__name__)):
+    registry.register_impl("attention", _impl)
+
+__all__ = ["attention", "attention_reference", "attention_chunked", "parse_algo", "gather_keys", "CHUNK_BYTES", "attention_cost", "mask_pairs", "math"]

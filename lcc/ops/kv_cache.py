@@ -33,11 +33,19 @@ import sympy
 import torch
 
 from lcc.ops import registry
+from lcc.spec import Field
+from lcc.spec import parse as parse_spec
 from lcc.ops.masks import MaskSpec
 
 FP8_MAX = 448.0  # largest finite float8_e4m3fn
 FORMATS = ("int", "fp8")
 AXES = ("channel", "token")
+
+
+_KV_FIELDS = (Field("group", int, 32, "elements per scale", low=1, high=1 << 16),
+              Field("keys", str, "channel", "key statistics per channel or per token", choices=AXES),
+              Field("residual", int, 128, "recent tokens kept in fp16", low=0, high=1 << 30))
+KV_FORMATS = {"int2": _KV_FIELDS, "int4": _KV_FIELDS, "int8": _KV_FIELDS, "fp8": _KV_FIELDS}
 
 
 @dataclass(frozen=True)
@@ -64,12 +72,10 @@ class KVQuantFormat:
 
     @staticmethod
     def parse(text: str) -> "KVQuantFormat":
-        head, _, rest = text.partition(":")
+        """``int4:group=32,keys=channel,residual=128`` or ``fp8:...`` (the ``str()`` form); bad: a SpecError."""
+        head, args = parse_spec(text, KV_FORMATS, "kv format")
         kind = "fp8" if head == "fp8" else "int"
-        bits = 8 if kind == "fp8" else int(head.removeprefix("int"))
-        args = dict(item.split("=", 1) for item in filter(None, rest.split(",")))
-        return KVQuantFormat(kind, bits, int(args.get("group", 32)), args.get("keys", "channel"),
-                             int(args.get("residual", 128)))
+        return KVQuantFormat(kind, 8 if kind == "fp8" else int(head.removeprefix("int")), **args)
 
     def __str__(self) -> str:
         head = "fp8" if self.kind == "fp8" else f"int{self.bits}"
@@ -263,8 +269,6 @@ def _(parts, x, start, fmt, which):
 
 # --- attention over the quantized cache --------------------------------------------------------------------------
 
-# Implementations ``algo`` can name on a device; backends add theirs (the Triton decode kernel on cuda).
-IMPLEMENTATIONS: dict[tuple[str, str], callable] = {}
 _BLOCK = 1024  # tokens dequantized at a time by the reference
 
 
@@ -340,10 +344,10 @@ def attention_kvq_reference(q, k_parts, v_parts, kv_len, scale, mask, fmt, block
 @torch.library.custom_op("lcc::attention_kvq", mutates_args=())
 def attention_kvq(q: torch.Tensor, k_parts: list[torch.Tensor], v_parts: list[torch.Tensor],
                   kv_len: torch.Tensor | None, scale: float, mask: str, fmt: str, algo: str = "auto") -> torch.Tensor:
-    impl = IMPLEMENTATIONS.get((algo, q.device.type))
-    if impl is not None:
-        return impl(q, k_parts, v_parts, kv_len, scale, mask, fmt)
-    return attention_kvq_reference(q, k_parts, v_parts, kv_len, scale, mask, fmt)
+    call = (q, k_parts, v_parts, kv_len, scale, mask, fmt)
+    impl = (registry.select("attention_kvq", algo, q.device.type, *call)
+            or registry.select("attention_kvq", "reference", "*"))
+    return impl.fn(*call)
 
 
 @attention_kvq.register_fake
@@ -433,6 +437,8 @@ registry.declare(registry.OpDef(
     name="attention_kvq", op=torch.ops.lcc.attention_kvq.default, reference=attention_kvq_reference,
     cost=attention_kvq_cost,
     doc="lcc.attention reading a quantized KV cache (KIVI int8/4/2 or fp8) plus its fp16 residual ring"))
+# Every algo on every device falls back to the reference; kernels (Triton decode on cuda) add theirs.
+registry.register_impl("attention_kvq", registry.Impl("reference", "*", attention_kvq_reference, source=__name__))
 registry.declare(registry.OpDef(
     name="kv_quant_write", op=torch.ops.lcc.kv_quant_write.default, reference=kv_quant_write_reference,
     cost=kv_quant_write_cost, doc="append tokens to a quantized KV cache (functional)"))

@@ -23,19 +23,18 @@ import sympy
 import torch
 
 from lcc.ops import registry
+from lcc.spec import Field
+from lcc.spec import parse as parse_spec
+
+
+FEATURE_MAPS = {"elu": (), "performer": (Field("features", int, 256, "random features M", low=1, high=1 << 16),
+                                          Field("seed", int, 0, "seed of the orthogonal features", low=0,
+                                                high=2**63 - 1))}
 
 
 def parse_feature_map(feature_map: str) -> tuple[str, dict[str, int]]:
-    name, _, rest = feature_map.partition(":")
-    params = {"features": 256, "seed": 0} if name == "performer" else {}
-    for item in filter(None, rest.split(",")):
-        key, _, val = item.partition("=")
-        if key not in params:
-            raise ValueError(f"bad feature map parameter {item!r} for {name}")
-        params[key] = int(val)
-    if name not in ("elu", "performer"):
-        raise ValueError(f"unknown feature map {feature_map!r}; known: elu, performer")
-    return name, params
+    """``elu`` or ``performer:features=M,seed=S`` -> (name, params with defaults); bad: a SpecError."""
+    return parse_spec(feature_map, FEATURE_MAPS, "feature map")
 
 
 @functools.lru_cache(maxsize=16)
@@ -119,10 +118,6 @@ def linear_attention_recurrent(q, k, v, feature_map="elu", projection=None, eps=
     return torch.stack(out, 2).to(q.dtype)
 
 
-# Implementations that ``algo`` can name on a device; backends add theirs (e.g. Triton on cuda).
-IMPLEMENTATIONS: dict[tuple[str, str], callable] = {}
-
-
 @torch.library.custom_op("lcc::linear_attention", mutates_args=())
 def linear_attention(
     q: torch.Tensor,
@@ -134,11 +129,10 @@ def linear_attention(
     algo: str = "auto",
     kv_len: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    impl = IMPLEMENTATIONS.get((algo, q.device.type))
-    if impl is not None and kv_len is None and q.shape[2] == k.shape[2]:
-        return impl(q, k, v, feature_map, projection, eps)
-    # decode / chunked prefill against a cache: the O(kv_len)-per-query sum over the cache
-    return linear_attention_reference(q, k, v, feature_map, projection, eps, kv_len)
+    call = (q, k, v, feature_map, projection, eps, kv_len)
+    impl = (registry.select("linear_attention", algo, q.device.type, *call)
+            or registry.select("linear_attention", "reference", "*"))
+    return impl.fn(*call)
 
 
 @linear_attention.register_fake
@@ -171,3 +165,15 @@ registry.declare(registry.OpDef(
     cost=linear_attention_cost,
     doc="causal phi(q) phi(k)^T v / normalizer; feature maps elu+1, Performer FAVOR+; GQA native",
 ))
+
+
+def whole_prefill(q, k, v, feature_map, projection, eps, kv_len) -> str | None:
+    """The check of kernels written for a whole causal prefill (no cache offset)."""
+    if kv_len is not None or q.shape[2] != k.shape[2]:
+        return "decode / chunked prefill against a cache runs the O(kv_len)-per-query reference"
+    return None
+
+
+# Every algo on every device falls back to the reference (decode and chunked prefill need its kv_len sum).
+registry.register_impl("linear_attention", registry.Impl("reference", "*", linear_attention_reference,
+                                                         source=__name__))

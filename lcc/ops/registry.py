@@ -1,7 +1,14 @@
-"""Where each lcc op keeps its reference, its cost and the lowerings backends register.
+"""Where each lcc op keeps its reference, its cost, its implementations and the lowerings backends register.
 
-Ops declare themselves here once (:func:`declare`); backends add lowerings with
-:func:`register_lowering` and never touch an op's semantics.
+Ops declare themselves here once (:func:`declare`). Everything that can execute or lower an
+op is one record held by the op's entry, as lightning-thunder's ``ImplInfo``:
+
+- :class:`Impl`: one implementation for an ``(algo, device)`` pair with a ``check`` that says
+  why it does not apply to a call (or ``None``); op bodies call :func:`select` and never keep
+  module-level dicts of their own. Kernels (Triton on cuda) add theirs with :func:`register_impl`.
+- :class:`Lowering`: one backend's lowering of the op, the same record for every backend
+  (``emit``, ``unsupported(args) -> reason | None``, ``how``, optional ``prepare``), added by
+  the backend with :func:`register_lowering`. A backend never touches an op's semantics.
 """
 
 from __future__ import annotations
@@ -10,16 +17,52 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 
+def _always(*args, **kwargs) -> str | None:
+    return None
+
+
+@dataclass(frozen=True)
+class Impl:
+    """One implementation of an op: ``fn`` runs it for ``algo`` on ``device`` when ``check`` returns None."""
+
+    algo: str  # the name an op's ``algo`` argument selects ("auto", "flash", "reference", ...)
+    device: str  # torch device type: "cpu", "cuda", or "*" for any
+    fn: Callable
+    check: Callable[..., str | None] = _always  # (the op's arguments) -> why it does not apply, or None
+    source: str = ""  # who registered it (module), for reports
+
+
+@dataclass(frozen=True)
+class Lowering:
+    """One backend's lowering of one op (the same record type for every backend).
+
+    ``emit`` is what the backend's lowering machinery calls (an onnxscript translation, a Relax
+    converter, a ``triton_op``, ...); ``unsupported(args)`` says why a node with these schema
+    arguments must run as the op's reference decomposition instead (``None``: it lowers);
+    ``how`` is the line the compile report prints; ``prepare`` optionally rewrites a node into
+    the form ``emit`` expects before lowering.
+    """
+
+    emit: Callable | None
+    unsupported: Callable[[dict], str | None] = _always
+    how: str = ""
+    prepare: Callable | None = None
+
+    def __call__(self, *args, **kwargs):
+        return self.emit(*args, **kwargs)
+
+
 @dataclass
 class OpDef:
-    """One op of the vocabulary: its torch op, reference, cost function and per-backend lowerings."""
+    """One op of the vocabulary: its torch op, reference, cost, implementations and per-backend lowerings."""
 
     name: str
     op: Any
     reference: Callable
     cost: Callable | None = None
     doc: str = ""
-    lowerings: dict[str, Callable] = field(default_factory=dict)
+    impls: list[Impl] = field(default_factory=list)
+    lowerings: dict[str, Lowering] = field(default_factory=dict)
 
 
 _OPS: dict[str, OpDef] = {}
@@ -38,12 +81,37 @@ def get(name: str) -> OpDef:
     return _OPS[name]
 
 
-def register_lowering(op_name: str, backend: str, fn: Callable) -> None:
-    """Register ``fn`` as backend ``backend``'s lowering of ``op_name`` (called by backends only)."""
-    _OPS[op_name].lowerings[backend] = fn
+def register_impl(op_name: str, impl: Impl) -> None:
+    """Add ``impl`` to op ``op_name``; a later registration for the same (algo, device) is tried first.
+
+    A module registering (algo, device) again replaces its own earlier record."""
+    impls = _OPS[op_name].impls
+    impls[:] = [i for i in impls if (i.algo, i.device, i.source) != (impl.algo, impl.device, impl.source)]
+    impls.insert(0, impl)
 
 
-def lowering(op_name: str, backend: str) -> Callable | None:
+def select(op_name: str, algo: str, device: str, *args, **kwargs) -> Impl | None:
+    """The first implementation registered for (algo, device) (then (algo, "*")) whose check passes.
+
+    ``args`` / ``kwargs`` are the op's arguments, handed to each candidate's ``check``.
+    """
+    impls = _OPS[op_name].impls
+    for dev in (device, "*"):
+        for impl in impls:
+            if impl.algo == algo and impl.device == dev and impl.check(*args, **kwargs) is None:
+                return impl
+    return None
+
+
+def register_lowering(op_name: str, backend: str, lowering: Lowering) -> None:
+    """Register ``lowering`` as backend ``backend``'s lowering of ``op_name`` (called by backends only)."""
+    if not isinstance(lowering, Lowering):
+        raise TypeError(f"{backend} lowering of {op_name}: expected a registry.Lowering record, "
+                        f"got {type(lowering).__name__}")
+    _OPS[op_name].lowerings[backend] = lowering
+
+
+def lowering(op_name: str, backend: str) -> Lowering | None:
     return _OPS[op_name].lowerings.get(backend)
 
 

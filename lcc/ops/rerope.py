@@ -30,7 +30,7 @@ from __future__ import annotations
 import torch
 
 from lcc.ops import registry
-from lcc.ops.attention import _gather_keys, mask_pairs, masked_softmax_v, row_chunk
+from lcc.ops.attention import gather_keys, mask_pairs, masked_softmax_v, row_chunk
 from lcc.ops.masks import MaskSpec
 from lcc.ops.rope import rope_reference
 
@@ -120,7 +120,7 @@ def rerope_chunked(q, k, v, positions=None, inv_freq=None, attention_scaling=1.0
         if not ranges:
             out[:, :, rows] = 0
             continue
-        ks, vs, idx = _gather_keys(k12, v, ranges)
+        ks, vs, idx = gather_keys(k12, v, ranges)
         a = int(torch.searchsorted(idx, lo - window, right=True))  # keys before a: out of the window for all
         b = int(torch.searchsorted(idx, hi - window, right=True))  # keys from b on: inside it for all
         scores = q.new_empty(B, Hkv, Hq // Hkv, qp.shape[1], idx.numel(), dtype=torch.float32)
@@ -138,10 +138,6 @@ def rerope_chunked(q, k, v, positions=None, inv_freq=None, attention_scaling=1.0
     return out
 
 
-# Implementations that ``algo`` can name on a device; backends add theirs (e.g. Triton on cuda).
-IMPLEMENTATIONS: dict[tuple[str, str], callable] = {}
-
-
 @torch.library.custom_op("lcc::rerope_attention", mutates_args=())
 def rerope_attention(
     q: torch.Tensor,
@@ -157,11 +153,10 @@ def rerope_attention(
     mask: str = "causal",
     algo: str = "auto",
 ) -> torch.Tensor:
-    impl = IMPLEMENTATIONS.get((algo, q.device.type))
-    if impl is not None:
-        return impl(q, k, v, positions, inv_freq, attention_scaling, kv_len, scale, window, leaky_factor, mask)
-    fn = rerope_reference if algo == "reference" else rerope_chunked
-    return fn(q, k, v, positions, inv_freq, attention_scaling, kv_len, scale, window, leaky_factor, mask)
+    call = (q, k, v, positions, inv_freq, attention_scaling, kv_len, scale, window, leaky_factor, mask)
+    impl = (registry.select("rerope_attention", algo, q.device.type, *call)
+            or registry.select("rerope_attention", "chunked", "*"))
+    return impl.fn(*call)
 
 
 @rerope_attention.register_fake
@@ -195,6 +190,9 @@ registry.declare(registry.OpDef(
     cost=rerope_attention_cost,
     doc="attention with ReRoPE / Leaky ReRoPE (Su 2023): RoPE inside a window, rectified position outside",
 ))
+# The pure-torch implementations, on any device; any other algo name runs "chunked". Kernels add theirs.
+registry.register_impl("rerope_attention", registry.Impl("chunked", "*", rerope_chunked, source=__name__))
+registry.register_impl("rerope_attention", registry.Impl("reference", "*", rerope_reference, source=__name__))
 
 __all__ = ["rerope_attention", "rerope_reference", "rerope_chunked", "rerope_attention_cost", "rectified_positions",
-           "query_positions", "IMPLEMENTATIONS"]
+           "query_positions"]

@@ -9,30 +9,40 @@ length-dependent rule (e.g. dynamic NTK) that the RoPE passes register.
 
 from __future__ import annotations
 
+import inspect
 from typing import Callable
 
 import torch
 
 from lcc.ops import registry
+from lcc.spec import Field
+from lcc.spec import parse as parse_spec
+from lcc.spec import split as split_spec
 
 # variant name -> fn(inv_freq, positions, **params) -> (inv_freq, attention_scaling multiplier)
 VARIANTS: dict[str, Callable] = {}
 
 
-def _rotate_half(x):
+def rotate_half(x):
     x1 = x[..., : x.shape[-1] // 2]
     x2 = x[..., x.shape[-1] // 2 :]
     return torch.cat((-x2, x1), dim=-1)
 
 
+def _variant_fields(fn: Callable) -> tuple[Field, ...]:
+    """A variant's keyword parameters (after ``inv_freq, positions``) as float fields."""
+    params = list(inspect.signature(fn).parameters.values())[2:]
+    return tuple(Field(p.name, float, p.default if p.default is not p.empty else 0.0) for p in params
+                 if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+
+
 def parse_variant(variant: str) -> tuple[str, dict[str, float]]:
-    """``name:key=value,...`` -> (name, {key: float}); ``""`` -> ("", {})."""
-    name, _, rest = (variant or "").partition(":")
-    params = {}
-    for item in filter(None, rest.split(",")):
-        key, _, val = item.partition("=")
-        params[key] = float(val)
-    return name, params
+    """``name:key=value,...`` -> (name, {key: float}) for the keys given; ``""`` -> ("", {}); bad: a SpecError."""
+    if not variant:
+        return "", {}
+    name, args = parse_spec(variant, {n: _variant_fields(fn) for n, fn in VARIANTS.items()}, "rope variant")
+    given = {key for key, _ in split_spec(variant)[1]}
+    return name, {k: v for k, v in args.items() if k in given}
 
 
 def _variant_inv_freq(inv_freq, positions, variant):
@@ -51,9 +61,9 @@ def rope_reference(x, positions, inv_freq, attention_scaling=1.0, variant=""):
     sin = (emb.sin() * (attention_scaling * extra)).to(x.dtype).unsqueeze(1)
     r = emb.shape[-1]
     if r == x.shape[-1]:
-        return (x * cos) + (_rotate_half(x) * sin)
+        return (x * cos) + (rotate_half(x) * sin)
     x_rot, x_pass = x[..., :r], x[..., r:]
-    return torch.cat([(x_rot * cos) + (_rotate_half(x_rot) * sin), x_pass], dim=-1)
+    return torch.cat([(x_rot * cos) + (rotate_half(x_rot) * sin), x_pass], dim=-1)
 
 
 @torch.library.custom_op("lcc::rope", mutates_args=())

@@ -4,38 +4,30 @@ from __future__ import annotations
 
 from lcc.capture.program import Program
 from lcc.ops.masks import MaskSpec
-from lcc.passes.base import Param, PassResult, register
-from lcc.passes.graph import ATTENTION, get_arg, layer_of, lcc_nodes, parse_layers, set_args
+from lcc.passes.base import MAX_TOKENS, Param, PassResult, register
+from lcc.passes.rewrite_attention import rewrite_attention
 
 
-def _rewrite_attention(program: Program, layers: str, **changes_fn) -> PassResult:
-    graphs = program.copy_graphs()
-    chosen = parse_layers(layers, program.spec.layers)
-    changed = False
-    for gm in graphs.values():
-        for node in lcc_nodes(gm, ATTENTION):
-            if layer_of(node) not in chosen:
-                continue
-            updates = {k: f(get_arg(node, k)) for k, f in changes_fn.items()}
-            if any(get_arg(node, k) != v for k, v in updates.items()):
-                set_args(node, **updates)
-                changed = True
-        gm.recompile()
-    return PassResult(program.with_entries(graphs), changed)
+# mask passes keep the algorithm and the algorithm passes keep the mask: they compose in the attention slot
+# linear attention replaces whole layers: these may precede it (its layers drop them), never follow it
+_ALGO = dict(slots=("attention",), composes=("flash", "attention-chunked", "sliding-window", "block-sparse"),
+             before=("linear-attention",),
+             plan_with=())
 
 
-@register("flash", params=(Param("layers", str, "all", "layers to rewrite: all or e.g. 0-5,12"),), exact=True,
+@register("flash", params=(Param("layers", str, "all", "layers to rewrite: all or e.g. 0-5,12"),), exact=True, **_ALGO,
           doc="exact IO-aware attention: tiled online softmax, the L x L matrix never materialised")
 def flash(program: Program, layers: str = "all") -> PassResult:
-    return _rewrite_attention(program, layers, algo=lambda _: "flash")
+    return rewrite_attention(program, layers, algo=lambda _: "flash")
 
 
 @register("attention-chunked",
-          params=(Param("chunk", int, 1024, "query rows per chunk"),
+          params=(Param("chunk", int, 1024, "query rows per chunk", low=1, high=MAX_TOKENS),
                   Param("layers", str, "all", "layers to rewrite: all or e.g. 0-5,12")),
-          exact=True, doc="memory-efficient lazy softmax over query chunks in plain PyTorch (CPU fallback)")
+          exact=True, **_ALGO, plan=lambda target_len, trained_len: [f"chunk={c}" for c in (256, 1024, 4096) if c < target_len],
+          doc="memory-efficient lazy softmax over query chunks in plain PyTorch (CPU fallback)")
 def attention_chunked(program: Program, chunk: int = 1024, layers: str = "all") -> PassResult:
-    return _rewrite_attention(program, layers, algo=lambda _: f"chunked:chunk={chunk}")
+    return rewrite_attention(program, layers, algo=lambda _: f"chunked:chunk={chunk}")
 
 
 def _sliding_exact(args: dict, length: int) -> bool:
@@ -43,10 +35,12 @@ def _sliding_exact(args: dict, length: int) -> bool:
 
 
 @register("sliding-window",
-          params=(Param("window", int, 4096, "keys each query sees, itself included"),
-                  Param("sinks", int, 4, "first tokens every query also sees (StreamingLLM)"),
+          params=(Param("window", int, 4096, "keys each query sees, itself included", low=1, high=MAX_TOKENS),
+                  Param("sinks", int, 4, "first tokens every query also sees (StreamingLLM)", low=0, high=MAX_TOKENS),
                   Param("layers", str, "all", "layers to rewrite: all or e.g. 0-5,12")),
-          exact=False, exact_if=_sliding_exact,
+          exact=False, exact_if=_sliding_exact, slots=("attention",), before=("rerope", "leaky-rerope", "linear-attention"),
+          composes=("flash", "attention-chunked", "sliding-window", "block-sparse", "rerope", "leaky-rerope"),
+          plan=lambda target_len, trained_len: ["window=4096,sinks=4"], plan_with=("flash", "attention-chunked:chunk=1024"),
           doc="sliding-window attention with attention sinks; exact when the window covers the length")
 def sliding_window(program: Program, window: int = 4096, sinks: int = 4, layers: str = "all") -> PassResult:
     from lcc.errors import UsageError
@@ -60,7 +54,5 @@ def sliding_window(program: Program, window: int = 4096, sinks: int = 4, layers:
             return old  # a pass never widens what a layer sees: its window is already narrower
         return f"sliding:window={window},sinks={sinks}"
 
-    return _rewrite_attention(program, layers, mask=new_mask)
+    return rewrite_attention(program, layers, mask=new_mask)
 
-
-from lcc.passes import linear_attention, sparse  # noqa: F401,E402  (register block-sparse, linear-attention)

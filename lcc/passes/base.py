@@ -1,8 +1,14 @@
-"""Pass infrastructure: typed parameters, the registry, ``NAME[:KEY=VALUE,...]`` parsing, the manager.
+"""Pass infrastructure: the registry, each pass's declared composition, ``NAME[:KEY=VALUE,...]`` parsing, the manager.
 
-A pass is a small function from program to program (as torch.fx's ``PassBase``);
-the manager, not the pass, records stages.  A pass works on copies of the entry
-graphs (``Program.copy_graphs``) that share the weights, so its input is never mutated.
+A pass is a small function from program to program (as torch.fx's ``PassBase``); the
+manager, not the pass, records stages.  A pass works on copies of the entry graphs
+(``Program.copy_graphs``) that share the weights, so its input is never mutated.
+Each pass declares how it composes (torch.fx ``pass_base.py`` / ``pass_manager.py``):
+``requires(program) -> reason | None``, the ``slots`` it occupies (:data:`SLOTS`), the
+passes it ``composes`` with inside a shared slot, the passes it must run ``before``, and
+whether it must be ``last``.  :func:`apply_passes` checks a whole list up front
+(:func:`check_passes`) and re-raises a failing pass with the stages that ran before it.
+Parameters are :class:`lcc.spec.Field` records (``Param``), with bounds on every number.
 """
 
 from __future__ import annotations
@@ -10,35 +16,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from lcc import spec as specs
 from lcc.capture.program import Program
 from lcc.errors import UsageError
 
-
-@dataclass(frozen=True)
-class Param:
-    name: str
-    type: type
-    default: Any
-    doc: str = ""
-    choices: tuple = ()
-
-    def parse(self, pass_name: str, text: str) -> Any:
-        try:
-            if self.type is bool:
-                if text.lower() not in ("1", "0", "true", "false", "yes", "no"):
-                    raise ValueError(text)
-                value = text.lower() in ("1", "true", "yes")
-            elif self.type is int:
-                from lcc.lengths import parse_length
-                value = parse_length(text) if text.strip().lower()[-1:] in "km" else int(text)
-            else:
-                value = self.type(text)
-        except (ValueError, UsageError):
-            raise UsageError(f"pass {pass_name}: {self.name}={text!r} is not a valid {self.type.__name__}; "
-                             f"e.g. {self.name}={self.default}")
-        if self.choices and value not in self.choices:
-            raise UsageError(f"pass {pass_name}: {self.name}={text!r} is not one of {', '.join(map(str, self.choices))}")
-        return value
+Param = specs.Field  # a pass parameter: name, type, default, doc, choices, low, high
+MAX_TOKENS = 1 << 30  # upper bound of every length-like pass parameter
+SLOTS = ("positions", "attention", "cache", "segments", "distribution")
 
 
 @dataclass(frozen=True)
@@ -47,9 +31,13 @@ class PassResult:
     changed: bool
 
 
+def _plan_defaults(target_len: int, trained_len: int) -> list[str]:
+    return [""]
+
+
 @dataclass(frozen=True)
 class PassDef:
-    """A registered pass: name, typed parameters, exactness, doc, and ``fn(program, **args) -> PassResult``."""
+    """A registered pass: name, typed parameters, exactness, doc, ``fn(program, **args) -> PassResult``, composition."""
 
     name: str
     params: tuple[Param, ...]
@@ -61,9 +49,21 @@ class PassDef:
     # shown(args) -> the parameter names that matter for these args (the stage name lists only those;
     # the others keep their defaults, so the name still parses back to the same spec)
     shown: Callable[[dict], set] | None = None
+    slots: frozenset = frozenset()  # among SLOTS: what of the program this pass changes
+    composes: frozenset = frozenset()  # passes that may share a slot with this one (its own name: may repeat)
+    before: frozenset = frozenset()  # passes that, in the same list, must come after this one
+    last: bool = False  # must be the last pass of a list
+    requires: Callable[[Program], str | None] | None = None  # precondition on the input program
+    # plan(target_len) -> argument strings the planner proposes (None: never proposed on its own)
+    # plan(target_len, trained_len) -> the argument strings the planner tries (None: never planned)
+    plan: Callable[[int, int], list[str]] | None = _plan_defaults
+    plan_with: tuple[str, ...] = ("flash",)  # passes the planner also tries after this one (if they compose)
 
     def defaults(self) -> dict:
         return {p.name: p.default for p in self.params}
+
+    def composes_with(self, other: "PassDef") -> bool:
+        return other.name in self.composes or self.name in other.composes
 
 
 @dataclass(frozen=True)
@@ -79,9 +79,7 @@ class PassSpec:
         if d is not None and d.shown is not None:
             keep = d.shown(dict(args))
             args = tuple((k, v) for k, v in args if k in keep)
-        if not args:
-            return self.name
-        return self.name + ":" + ",".join(f"{k}={v}" for k, v in args)
+        return specs.format_spec(self.name, dict(args))
 
     @property
     def kwargs(self) -> dict:
@@ -100,61 +98,26 @@ REGISTRY: dict[str, PassDef] = {}
 
 
 def register(name: str, params: tuple[Param, ...] = (), exact: bool = True, doc: str = "", exact_if=None,
-             shown=None):
-    """Decorator registering ``fn(program, **args) -> PassResult`` as pass ``name``."""
+             shown=None, slots=(), composes=(), before=(), last: bool = False, requires=None,
+             plan=_plan_defaults, plan_with=("flash",)):
+    """Decorator registering ``fn(program, **args) -> PassResult`` as pass ``name`` with its composition."""
+    unknown = set(slots) - set(SLOTS)
+    if unknown:
+        raise ValueError(f"pass {name}: unknown slot(s) {sorted(unknown)}; slots: {', '.join(SLOTS)}")
 
     def wrap(fn):
         REGISTRY[name] = PassDef(name, tuple(params), exact, doc or (fn.__doc__ or "").strip().split("\n")[0], fn,
-                                 exact_if, shown)
+                                 exact_if, shown, frozenset(slots), frozenset(composes), frozenset(before), last,
+                                 requires, plan, tuple(plan_with))
         return fn
 
     return wrap
 
 
-def _split_items(text: str) -> list[str]:
-    """Split ``a=1,b=0-5,12,c=x`` into items; a piece without ``=`` continues the previous value."""
-    items: list[str] = []
-    for piece in text.split(","):
-        if "=" in piece or not items:
-            items.append(piece)
-        else:
-            items[-1] += "," + piece
-    return [i.strip() for i in items if i.strip()]
-
-
 def parse_pass(text: str) -> PassSpec:
-    """``NAME[:KEY=VALUE,...]`` -> PassSpec; an unknown name or parameter is a usage error."""
-    name, _, rest = text.strip().partition(":")
+    """``NAME[:KEY=VALUE,...]`` -> PassSpec; an unknown name or a bad parameter is a :class:`lcc.spec.SpecError`."""
+    name, pairs = specs.split(text)
     if name not in REGISTRY:
-        raise UsageError(f"unknown pass {name!r}; passes: {', '.join(sorted(REGISTRY))} (see `lcc passes`)")
-    d = REGISTRY[name]
-    by_name = {p.name: p for p in d.params}
-    args = d.defaults()
-    for item in _split_items(rest):
-        key, eq, value = item.partition("=")
-        key = key.strip()
-        if not eq or key not in by_name:
-            known = ", ".join(f"{p.name}={p.default}" for p in d.params) or "none"
-            raise UsageError(f"pass {name}: unknown parameter {item!r}; parameters: {known}")
-        args[key] = by_name[key].parse(name, value.strip())
+        raise specs.SpecError(f"unknown pass {name!r}; passes: {', '.join(sorted(REGISTRY))} (see `lcc passes`)")
+    args = specs.parse_args(f"pass {name}", REGISTRY[name].params, pairs)
     return PassSpec(name, tuple(args.items()))
-
-
-def run_pass(program: Program, spec: PassSpec) -> PassResult:
-    result = spec.definition.fn(program, **spec.kwargs)
-    new = result.program
-    if new is program or any(new.entries[k] is program.entries.get(k) for k in new.entries if result.changed):
-        raise RuntimeError(f"pass {spec.name} returned its input graphs changed in place")
-    stage = str(spec)
-    return PassResult(new.with_entries(new.entries, passes=program.passes + (stage,), stage=stage), result.changed)
-
-
-def apply_passes(program: Program, specs, on_stage: Callable[[Program], None] | None = None) -> Program:
-    """Apply passes in order; ``on_stage`` sees each stage (the manager's record for ``lcc diff``)."""
-    for spec in specs:
-        if isinstance(spec, str):
-            spec = parse_pass(spec)
-        program = run_pass(program, spec).program
-        if on_stage is not None:
-            on_stage(program)
-    return program

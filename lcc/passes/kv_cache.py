@@ -29,11 +29,11 @@ import torch.fx
 from torch.fx.experimental.proxy_tensor import make_fx
 from torch.utils import _pytree as pytree
 
-from lcc.capture.program import CacheLayout, Program
+from lcc.capture.program import CacheLayout, Program, RingCache
 from lcc.errors import UsageError
 from lcc.ops.kv_cache import KVQuantFormat
 from lcc.ops.masks import MaskSpec
-from lcc.passes.base import Param, PassResult, register
+from lcc.passes.base import MAX_TOKENS, Param, PassResult, register
 from lcc.passes.graph import ATTENTION, ROPE, get_arg, layer_of, lcc_nodes, set_args
 
 aten = torch.ops.aten
@@ -160,10 +160,10 @@ def replace_cache_io(gm: torch.fx.GraphModule, layers: int, names: list[str],
     out.args = (tuple(results[:len(results) - 2 * layers]) + tuple(outputs),)
     _erase_downstream(graph, [n for s in sites for n in (s.k_in, s.v_in)])
     _prune(graph)
-    _set_signature(gm)
+    set_signature(gm)
 
 
-def _set_signature(gm: torch.fx.GraphModule) -> None:
+def set_signature(gm: torch.fx.GraphModule) -> None:
     graph = gm.graph
     names = [n.target for n in graph.nodes if n.op == "placeholder"]
     n_out = len(next(n for n in graph.nodes if n.op == "output").args[0])
@@ -176,10 +176,17 @@ def _set_signature(gm: torch.fx.GraphModule) -> None:
     gm.recompile()
 
 
+def plain_cache(program: Program) -> str | None:
+    """The precondition of both layout passes: the program's cache is still plain K/V."""
+    if not program.cache.plain:
+        return (f"the program's cache is already {program.cache.kind!r}; apply one KV-cache layout pass only")
+    return None
+
+
 def _check_plain(program: Program, name: str) -> None:
-    if program.cache.kind != "plain" or program.cache.tensors:
-        raise UsageError(f"{name}: the program's cache is already {program.cache.kind!r}; apply one KV-cache "
-                         f"layout pass only")
+    reason = plain_cache(program)
+    if reason:
+        raise UsageError(f"{name}: {reason}")
 
 
 # --- kv-quant ------------------------------------------------------------------------------------------------------
@@ -191,7 +198,7 @@ def quantized_layout(cache: CacheLayout, fmt: KVQuantFormat) -> CacheLayout:
         for kv in ("k", "v"):
             specs += [(f"{kv}_{part}_{i}", shape, dtype) for part, shape, dtype in
                       fmt.part_specs(kv, cache.batch, cache.kv_heads, cache.capacity, cache.head_dim)]
-    return replace(cache, kind=f"quantized:{fmt}", tensors=tuple(specs))
+    return replace(cache, quant=fmt, tensors=tuple(specs))
 
 
 def _quant_rewrite(gm: torch.fx.GraphModule, entry: str, fmt: KVQuantFormat, per_part: int):
@@ -226,12 +233,14 @@ def _quant_rewrite(gm: torch.fx.GraphModule, entry: str, fmt: KVQuantFormat, per
 @register("kv-quant",
           params=(Param("bits", int, 4, "bits per element of the integer formats", choices=(2, 4, 8)),
                   Param("group", int, 32, "elements per scale: tokens per key channel, channels per value token "
-                                               "(at most the head dim)"),
+                                               "(at most the head dim)", low=1, high=1 << 16),
                   Param("keys", str, "channel", "key statistics per channel (KIVI) or per token",
                         choices=("channel", "token")),
-                  Param("residual", int, 128, "most recent tokens kept in fp16"),
+                  Param("residual", int, 128, "most recent tokens kept in fp16", low=0, high=MAX_TOKENS),
                   Param("format", str, "int", "int (asymmetric, packed) or fp8 (e4m3)", choices=("int", "fp8"))),
-          exact=False, doc="quantized KV cache (KIVI int8/4/2, fp8 e4m3); attention reads it without dequantizing "
+          exact=False, requires=plain_cache, slots=("cache", "attention"),
+          composes=("flash", "attention-chunked", "sliding-window"),
+          doc="quantized KV cache (KIVI int8/4/2, fp8 e4m3); attention reads it without dequantizing "
                            "the whole cache")
 def kv_quant(program: Program, bits: int = 4, group: int = 32, keys: str = "channel", residual: int = 128,
              format: str = "int") -> PassResult:
@@ -367,18 +376,20 @@ def _sink_rewrite(gm: torch.fx.GraphModule, sinks: int, window: int, batch: int,
 def sink_layout(cache: CacheLayout, sinks: int, window: int) -> CacheLayout:
     shape = (cache.batch, cache.kv_heads, sinks + window, cache.head_dim)
     specs = tuple((f"{kv}_{i}", shape, cache.dtype) for i in range(cache.layers) for kv in ("k", "v"))
-    return replace(cache, kind=f"sink-ring:sinks={sinks},window={window}", tensors=specs)
+    return replace(cache, ring=RingCache(sinks, window), tensors=specs)
 
 
 @register("kv-sink-cache",
-          params=(Param("sinks", int, 4, "first tokens kept for good (attention sinks)"),
-                  Param("window", int, 1024, "most recent tokens kept, in a ring buffer")),
+          params=(Param("sinks", int, 4, "first tokens kept for good (attention sinks)", low=0, high=MAX_TOKENS),
+                  Param("window", int, 1024, "most recent tokens kept, in a ring buffer", low=1, high=MAX_TOKENS)),
           exact=False, exact_if=lambda args, length: args["sinks"] + args["window"] >= length,
+          requires=plain_cache, slots=("cache", "positions", "attention"),
+          # past the trained length: positions bounded by the cache, which spans the trained length
+          plan=lambda target_len, trained_len: ["sinks=4,window=%d" % (trained_len - 4)] if target_len > trained_len else [],
+          composes=("flash", "attention-chunked", "rope-scaling"),
           doc="StreamingLLM cache: sinks + a ring of recent tokens, RoPE by cache position; constant memory")
 def kv_sink_cache(program: Program, sinks: int = 4, window: int = 1024) -> PassResult:
     _check_plain(program, "kv-sink-cache")
-    if sinks < 0 or window < 1:
-        raise UsageError(f"kv-sink-cache: need sinks >= 0 and window >= 1, got sinks={sinks}, window={window}")
     layout = sink_layout(program.cache, sinks, window)
     names = [name for name, _, _ in layout.tensors]
     graphs = program.copy_graphs()

@@ -20,7 +20,6 @@ import operator
 import torch
 
 from lcc.capture.program import Program
-from lcc.errors import UsageError
 from lcc.passes.base import Param, PassResult, register
 from lcc.passes.graph import ATTENTION, get_arg, layer_of, lcc_nodes, parse_layers
 
@@ -30,8 +29,6 @@ LINEAR = torch.ops.lcc.linear_attention.default
 def feature_map_spec(feature_map: str, features: int, seed: int) -> str:
     if feature_map == "elu":
         return "elu"
-    if features < 1:
-        raise UsageError(f"linear-attention: features must be >= 1, got {features}")
     return f"performer:features={features},seed={seed}"
 
 
@@ -53,10 +50,11 @@ def _replace(gm: torch.fx.GraphModule, attn: torch.fx.Node, fmap: str, head_dim:
 
 @register("linear-attention",
           params=(Param("feature_map", str, "elu", "elu (elu+1) or performer (FAVOR+)", choices=("elu", "performer")),
-                  Param("features", int, 256, "performer: random features M"),
-                  Param("seed", int, 0, "performer: seed of the orthogonal random features"),
+                  Param("features", int, 256, "performer: random features M", low=1, high=1 << 16),
+                  Param("seed", int, 0, "performer: seed of the orthogonal random features", low=0, high=2**63 - 1),
                   Param("layers", str, "all", "layers to rewrite: all or e.g. 0-5,12")),
-          exact=False,
+          exact=False, slots=("attention",),
+          composes=("linear-attention", "flash", "attention-chunked", "sliding-window", "block-sparse"),
           doc="causal linear attention (elu+1 or Performer FAVOR+); APPROXIMATE: changes a softmax-trained "
               "model's function, not a drop-in replacement")
 def linear_attention(program: Program, feature_map: str = "elu", features: int = 256, seed: int = 0,

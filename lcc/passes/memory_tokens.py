@@ -38,7 +38,7 @@ from torch import nn
 
 from lcc.capture.program import Program, copy_graph_module
 from lcc.errors import UsageError
-from lcc.passes.base import Param, PassResult, register
+from lcc.passes.base import MAX_TOKENS, Param, PassResult, register
 
 aten = torch.ops.aten
 _THROUGH = (aten.slice.Tensor, aten.alias.default, aten.select.int)
@@ -107,7 +107,7 @@ def embeds_entry(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
 
     ``input_ids`` stays (the graph reads its length); its values are no longer used.
     """
-    from lcc.passes.kv_cache import _set_signature
+    from lcc.passes.kv_cache import set_signature
 
     gm = copy_graph_module(gm)
     graph = gm.graph
@@ -130,7 +130,7 @@ def embeds_entry(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
         final = final.args[0]
     out.args = (tuple([results[0], final] + results[1:]),)
     graph.eliminate_dead_code()
-    _set_signature(gm)
+    set_signature(gm)
     return gm
 
 
@@ -209,11 +209,11 @@ class SegmentDecode(nn.Module):
 
 
 @register("memory-tokens",
-          params=(Param("count", int, 16, "memory tokens M carried from segment to segment"),
-                  Param("segment", int, 512, "tokens per segment S"),
+          params=(Param("count", int, 16, "memory tokens M carried from segment to segment", low=1, high=1 << 16),
+                  Param("segment", int, 512, "tokens per segment S", low=1, high=MAX_TOKENS),
                   Param("memory", str, "", "safetensors file from `lcc train-memory` (default: fresh embeddings)"),
-                  Param("seed", int, 0, "seed of the fresh embeddings' noise")),
-          exact=False, doc="recurrent memory tokens (RMT): segments of S tokens carry M memory embeddings")
+                  Param("seed", int, 0, "seed of the fresh embeddings' noise", low=0, high=2**63 - 1)),
+          exact=False, slots=("segments",), last=True, plan=None, doc="recurrent memory tokens (RMT): segments of S tokens carry M memory embeddings")
 def memory_tokens(program: Program, count: int = 16, segment: int = 512, memory: str = "",
                   seed: int = 0) -> PassResult:
     if count < 1 or segment < 1:

@@ -11,15 +11,13 @@ import torch
 
 from lcc.capture.program import Program
 from lcc.errors import UsageError
-from lcc.passes.base import Param, PassResult, register
+from lcc.passes.base import MAX_TOKENS, Param, PassResult, register
 from lcc.passes.graph import ATTENTION, ROPE, get_arg, layer_of, lcc_nodes
 
 RERoPE = torch.ops.lcc.rerope_attention.default
 
 
 def _rewrite(program: Program, window: int, leaky_factor: float) -> PassResult:
-    if window < 1:
-        raise UsageError(f"rerope: window must be >= 1, got {window}")
     graphs = program.copy_graphs()
     for name, gm in graphs.items():
         ropes: dict[int, list] = {}
@@ -55,18 +53,25 @@ def _exact_if(args: dict, length: int) -> bool:
     return args["window"] >= length
 
 
-@register("rerope", params=(Param("window", int, 512, "relative positions below this stay exact RoPE"),),
-          exact=False, exact_if=_exact_if,
+_WINDOW = Param("window", int, 512, "relative positions below this stay exact RoPE", low=1, high=MAX_TOKENS)
+# the fused op replaces rope + attention: a mask set before it is kept, an algo or a later rope change is not
+_COMPOSE = dict(slots=("positions", "attention"), composes=("sliding-window", "block-sparse"), plan_with=())
+
+
+def _plan_window(target_len: int, trained_len: int) -> list[str]:
+    """Past the trained length: window = trained / 4 (docs/rope.md's 2048 for an 8k model); none within it."""
+    return [f"window={trained_len // 4}"] if target_len > trained_len else []
+
+
+@register("rerope", params=(_WINDOW,), exact=False, exact_if=_exact_if, plan=_plan_window, **_COMPOSE,
           doc="ReRoPE: relative positions past the window clamp to it (fused kernel on GPU)")
 def rerope(program: Program, window: int = 512) -> PassResult:
     return _rewrite(program, window, 0.0)
 
 
-@register("leaky-rerope", params=(Param("window", int, 512, "relative positions below this stay exact RoPE"),
-                                  Param("factor", float, 16.0, "k: positions past the window advance 1/k")),
-          exact=False, exact_if=_exact_if,
+@register("leaky-rerope", params=(_WINDOW, Param("factor", float, 16.0, "k: positions past the window advance 1/k",
+                                                  low=1.0, high=1e6)),
+          exact=False, exact_if=_exact_if, plan=_plan_window, **_COMPOSE,
           doc="Leaky ReRoPE: relative positions past the window grow with slope 1/k")
 def leaky_rerope(program: Program, window: int = 512, factor: float = 16.0) -> PassResult:
-    if factor < 1:
-        raise UsageError(f"leaky-rerope: factor k must be >= 1, got {factor}")
     return _rewrite(program, window, 1.0 / factor)

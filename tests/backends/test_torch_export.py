@@ -54,6 +54,7 @@ def copy_of(artifact: Path, tmp_path: Path) -> Path:
 def test_the_artifact_holds_no_pickle_and_the_weights_once(artifact, tiny):
     names = sorted(p.name for p in artifact.iterdir())
     assert not [n for n in names if n.endswith((".pt", ".pt2", ".pkl", ".bin"))], names
+    assert {"prefill.json", "decode.json", "prefill_logits.json"} <= set(names)  # three entries, one weights file
     weight_bytes = sum(p.numel() * p.element_size() for p in tiny("llama").model.parameters())  # tied: counted once
     stored = (artifact / "weights.safetensors").stat().st_size
     assert stored <= 1.1 * weight_bytes, (stored, weight_bytes)
@@ -76,7 +77,9 @@ def test_a_pickle_planted_as_an_old_pt2_archive_never_runs(artifact, tmp_path):
     (crafted / "prefill.json").unlink()
     r = lcc("run", str(crafted), "--prompt", "hello", "--max-new-tokens", "2")
     assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
-    assert "prefill.json" in r.stderr
+    assert "prefill" in r.stderr  # the checksums name the unlisted prefill.pt2 / the missing prefill.json
+    with pytest.raises(UsageError, match="prefill.json"):  # and the loader itself never opens a .pt2
+        BACKEND.load(crafted, {})
     assert not marker.exists()
 
 

@@ -13,10 +13,10 @@ B, HQ, HKV, S, D = 1, 4, 2, 256, 16
 
 def _executed_matmul_flops(mask: str, algo: str) -> int:
     """Run the CPU implementation ``algo`` selects (lcc.ops.attention.attention) under the FLOP counter."""
-    from lcc.ops.attention import _parse_algo, attention_chunked, attention_reference
+    from lcc.ops.attention import attention_chunked, parse_algo, attention_reference
 
     q, k, v = torch.randn(B, HQ, S, D), torch.randn(B, HKV, S, D), torch.randn(B, HKV, S, D)
-    name, args = _parse_algo(algo)
+    name, args = parse_algo(algo)
     with FlopCounterMode(display=False) as counter:
         if name == "reference":
             attention_reference(q, k, v, None, D**-0.5, mask)

@@ -62,7 +62,8 @@ def test_plan_says_when_nothing_fits(run):
 @pytest.mark.parametrize("args,match", [
     (("cost", "tiny-llama", "--device", "tpu"), "unknown device"),
     (("plan", "tiny-llama", "--memory", "80XB"), "bad memory size"),
-    (("plan", "tiny-llama", "--quality", "great"), "exact, balanced or any"),
+    (("plan", "tiny-llama", "--quality", "great"), "exact, balanced, retrieval or any"),
+    (("plan", "tiny-llama", "--target-len", "auto", "--max-len", "12q"), "bad length"),
     (("plan", "tiny-llama", "--target-len", "12q"), "bad length"),
     (("cost", "tiny-llama", "--lengths", "4k", "--pass", "warp-drive"), "unknown pass"),
 ])
@@ -88,3 +89,21 @@ def test_lcc_plan_exits_1_when_nothing_fits():
     assert r.returncode == 1, r.stderr
     d = json.loads(r.stdout)
     assert d["chosen"] is None and "nothing fits" in d["reason"] and "smallest" in d["reason"]
+
+
+def test_plan_auto_answers_a_length_and_its_plan(run):
+    r = run("plan", "tiny-llama", "--target-len", "auto", "--memory", "8GB", "--json")
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.output)
+    assert d["chosen"] is not None and d["target_len"] >= 1024
+    assert d["chosen"]["quality"]["source"] in ("record", "prior") and d["chosen"]["positions"]
+
+
+def test_corrupt_quality_records_are_a_usage_error_never_used(run, tmp_path, monkeypatch):
+    from lcc.models import load_model
+
+    monkeypatch.setenv("LCC_CACHE", str(tmp_path))
+    (tmp_path / "quality").mkdir()
+    (tmp_path / "quality" / f"{load_model('tiny-llama').weights_hash}.json").write_text("{broken")
+    r = run("plan", "tiny-llama", "--target-len", "1k")
+    assert isinstance(r.exception, UsageError) and "not readable JSON" in str(r.exception)

@@ -17,7 +17,7 @@ def test_candidates_use_only_registered_passes():
 
 def test_exact_plan_on_a_gpu_picks_an_exact_pass_list_and_ranks_by_time(tiny_program):
     _, program = tiny_program
-    p = plan(program, 131072, "h100", quality="exact")
+    p = plan(program, program.spec.trained_len, "h100", quality="exact")
     assert p.chosen is not None and p.chosen.risk == "none"
     ok = [c for c in p.candidates if c.fits and c.risk == "none"]
     assert p.chosen is ok[0] and p.chosen.prefill_time == min(c.prefill_time for c in ok)
@@ -67,3 +67,71 @@ def test_unfused_attention_pays_for_its_scores_in_hbm_and_flash_does_not(tiny_pr
     quant = by[("kv-quant", "flash")]
     assert quant.prefill_time == pytest.approx(by[("flash",)].prefill_time, rel=0.05)
     assert quant.decode_tokens_per_s > by[("flash",)].decode_tokens_per_s and quant.memory < by[("flash",)].memory
+
+
+def test_past_the_trained_length_exact_chooses_nothing_and_says_why(tiny_program):
+    _, program = tiny_program
+    p = plan(program, 4 * program.spec.trained_len, "h100", quality="exact")
+    assert p.chosen is None and "nothing is exact past the trained length" in p.reason
+
+
+@pytest.mark.parametrize("quality", ["balanced", "retrieval"])
+def test_past_the_trained_length_the_choice_carries_a_position_method(tiny_program, quality):
+    """Regression (issue 13): a plan past the trained length without a position method is never chosen."""
+    from lcc.passes import parse_pass
+
+    _, program = tiny_program
+    for factor in (2, 4, 16):
+        p = plan(program, factor * program.spec.trained_len, "h100", quality=quality)
+        assert p.chosen is not None
+        assert any("positions" in parse_pass(s).definition.slots for s in p.chosen.passes), p.chosen.passes
+        assert all(c.positions or c.why_not.startswith("out of range") for c in p.candidates if c.fits
+                   and c.error is None and c not in p.candidates[:1])
+
+
+def test_position_methods_take_their_factor_from_the_target(tiny_program):
+    _, program = tiny_program
+    lists = candidate_pass_lists(8 * 256, trained_len=256)
+    scaled = [p[0] for p in lists if p and p[0].startswith("rope-scaling")]
+    assert {s.split(",")[0] for s in scaled} == {"rope-scaling:method=" + m for m in
+                                                 ("linear", "ntk", "dynamic-ntk", "yarn")}
+    assert all(s.endswith("factor=8") for s in scaled)
+    assert ["rerope:window=64"] in lists  # trained / 4
+    assert not [p for p in candidate_pass_lists(256, trained_len=256) if p and p[0].startswith("rope-scaling")]
+
+
+def test_a_model_without_records_gets_a_prior_that_says_how_to_measure_it(tiny_program):
+    _, program = tiny_program
+    p = plan(program, 4 * program.spec.trained_len, "h100")
+    assert p.chosen.estimate.source == "prior"
+    assert "prior" in p.reason and "lcc quality tiny-llama --lengths 1k" in p.reason
+    rows = plan_for_compile(program, 1024, "h100")[0]
+    assert rows["quality_at_target"]["source"] == "prior"
+    assert all({"ppl_ratio", "retrieval_ratio", "quality_source"} <= set(r) for r in rows["candidates"])
+
+
+def test_auto_length_is_the_longest_that_fits_the_budget(tiny_program):
+    from lcc.cost.planner import longest_plan
+
+    loaded, program = tiny_program
+    roomy = longest_plan(program, 1 << 20, "h100")
+    assert roomy.target_len == 1 << 20 and roomy.chosen is not None
+    per_token = loaded.spec.layers * 2 * loaded.spec.kv_heads * loaded.spec.head_dim * 4  # fp32 K and V
+    budget = 70_000 * per_token  # room for a cache of some 64k tokens, not 128k
+    tight = longest_plan(program, 1 << 20, "h100", memory_budget=budget)
+    assert tight.chosen is not None and tight.chosen.memory <= budget
+    assert tight.target_len < 1 << 20 and "longest length" in tight.reason
+    bigger = plan(program, 2 * tight.target_len, "h100", memory_budget=budget)
+    assert bigger.chosen is None
+
+
+@pytest.mark.slow
+def test_smollm2_at_32k_and_128k_plans_a_position_method_from_its_records(smollm2):
+    """docs/rope.md's measurements (shipped as records): at 32k only dynamic-ntk keeps the passkey (1.00)."""
+    p = plan(smollm2, 32768, "h100")
+    assert p.chosen.passes[0] == "rope-scaling:method=dynamic-ntk,factor=4"
+    assert p.chosen.estimate.source == "record" and p.chosen.estimate.retrieval_ratio >= 0.9
+    far = plan(smollm2, 131072, "h100")
+    assert far.chosen is not None and far.chosen.passes[0] == "rope-scaling:method=dynamic-ntk,factor=16"
+    assert far.chosen.estimate.extrapolated and far.chosen.risk in ("medium", "high")
+    assert all(c.estimate is not None and c.estimate.detail for c in far.candidates if c.error is None)

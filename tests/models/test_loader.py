@@ -74,3 +74,28 @@ def test_corrupt_safetensors(tmp_path, tiny):
     (tmp_path / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
     with pytest.raises(UsageError, match="not a readable safetensors file"):
         load_model(str(tmp_path))
+
+
+BAD_CONFIGS = {
+    "negative heads": ({"num_attention_heads": -4}, "num_attention_heads=-4"),
+    "heads not dividing the hidden size": ({"hidden_size": 30, "head_dim": None}, "not a multiple"),
+    "odd head dim": ({"head_dim": 7}, "even"),
+    "vocab 0": ({"vocab_size": 0}, "vocab_size=0"),
+    "a string for the layer count": ({"num_hidden_layers": "two"}, "num_hidden_layers"),
+    "kv heads not dividing the heads": ({"num_key_value_heads": 3}, "num_key_value_heads=3"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CONFIGS))
+def test_a_config_with_impossible_shapes_is_one_usage_error(case, tiny, tmp_path):
+    """Issue 20 finding 6: these configs crashed with a traceback; now one line naming the field."""
+    import json
+
+    tiny("llama").model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    change, fragment = BAD_CONFIGS[case]
+    config.update(change)
+    (tmp_path / "config.json").write_text(json.dumps({k: v for k, v in config.items() if v is not None}))
+    with pytest.raises(UsageError, match="config.json") as err:
+        load_model(tmp_path)
+    assert fragment in str(err.value) and "\n" not in str(err.value)

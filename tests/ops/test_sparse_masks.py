@@ -8,9 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lcc.ops  # noqa: F401
-from lcc.ops import sparse_masks
 from lcc.ops.attention import attention_chunked, attention_reference, mask_pairs
-from lcc.ops.masks import MaskSpec, dense_mask
+from lcc.ops.masks import MaskSpec, block_map, dense_mask
 
 SPECS = st.one_of(
     st.builds("block-local:block={},blocks={}".format, st.integers(1, 9), st.integers(1, 4)),
@@ -71,7 +70,7 @@ def test_exact_pair_counts_equal_the_dense_mask(spec, sq, extra):
        sq=st.integers(1, 50), extra=st.integers(0, 40), bm=st.sampled_from([1, 4, 16]), bn=st.sampled_from([1, 8, 16]))
 def test_block_map_is_the_dense_mask_reduced_over_tiles(spec, sq, extra, bm, bn):
     sk = sq + extra
-    any_map, full_map = sparse_masks.block_map(spec, sq, sk, bm, bn)
+    any_map, full_map = block_map(spec, sq, sk, bm, bn)
     n_m, n_n = -(-sq // bm), -(-sk // bn)
     dense = torch.zeros(n_m * bm, n_n * bn, dtype=torch.bool)
     dense[:sq, :sk] = dense_mask(spec, sq, sk)
@@ -88,7 +87,7 @@ def test_block_map_is_the_dense_mask_reduced_over_tiles(spec, sq, extra, bm, bn)
 @pytest.mark.parametrize("kind", ["causal", "sliding"])
 def test_portable_predicates_equal_the_built_in_ones(kind):
     spec = "causal" if kind == "causal" else "sliding:window=5,sinks=2"
-    fn, args = sparse_masks.kernel_mod(spec)
+    fn, args = MaskSpec.parse(spec).record.mod, MaskSpec.parse(spec).kernel_args
     q, kv = torch.arange(40)[:, None], torch.arange(40)[None, :]
     assert torch.equal(fn(q, kv, *args), MaskSpec.parse(spec).mask_mod()(q, kv))
 

@@ -125,7 +125,7 @@ def test_only_causal_layers_are_rewritten(tiny):
 @pytest.mark.parametrize("text,message", [
     ("block-sparse:pattern=banded", "is not one of block-local"),
     ("block-sparse:pattern=dilated,segment=6,rate=4", "segment must be a multiple of rate"),
-    ("block-sparse:pattern=block-local,blocks=0", "blocks must be >= 1"),
+    ("block-sparse:pattern=block-local,blocks=0", "blocks=0 is out of range"),
 ])
 def test_bad_patterns_are_usage_errors(text, message, program):
     with pytest.raises(UsageError, match=message):

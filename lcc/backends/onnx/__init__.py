@@ -5,7 +5,7 @@ Importing this package never fails: without ``onnx``/``onnxscript``/``onnxruntim
 ``lcc.rope`` get onnxscript translations registered as their ``onnx`` lowerings
 (:mod:`lcc.backends.onnx.register`).
 
-- :func:`lower` ``(program, out_dir, optimize=True)``: ``prefill.onnx``, ``decode.onnx``,
+- :func:`lower` ``(program, out_dir, optimize=True, entries=...)``: ``prefill.onnx``, ``decode.onnx``,
   ``weights.bin``, ``onnx.json``, and where the cache is plain an onnxruntime-genai
   ``model.onnx`` + ``genai_config.json``; returns the manifest.
 - :class:`OnnxProgram` ``(out_dir)``: load it back with the program's entry-point convention.
@@ -22,7 +22,7 @@ except ImportError as e:  # pragma: no cover - depends on the installation
 else:
     AVAILABLE, _WHY = True, None
 
-from lcc.backends import Lowered
+from lcc.backends import Lowered, check_dtype
 
 if AVAILABLE:
     from lcc.backends.onnx import register  # noqa: F401  (registers the onnx lowerings)
@@ -60,15 +60,25 @@ class OnnxBackend:
     def available(self) -> str | None:
         return _WHY
 
-    def lower(self, program, out_dir, progress=None) -> Lowered:
-        manifest = lower(program, out_dir, tokenizer=_tokenizer_for(program), progress=progress)
+    def lower(self, program, out_dir, *, target=None, dtype="float32", entries=None, progress=None) -> Lowered:
+        """Export ``entries`` (default prefill and decode; with both, the genai model too where the cache allows);
+        ``target`` picks the providers ``load`` uses ("cpu", the default: the CPU provider)."""
+        from lcc.backends.onnx.lower import ENTRIES
+
+        check_dtype(self.name, dtype)
+        entries = tuple(entries or ENTRIES)
+        if set(ENTRIES) <= set(entries):  # the genai model too, where the cache allows
+            manifest = lower(program, out_dir, tokenizer=_tokenizer_for(program), entries=entries, progress=progress)
+        else:
+            manifest = lower(program, out_dir, genai=False, entries=entries, progress=progress)
         notes = [f"{f['entry']}: {f['node']} ({f['op']}) runs as its {f['how']}" for f in manifest["fallbacks"]]
         genai = manifest["genai"]
         notes.append("onnxruntime-genai: " + (f"{genai['model']} + {genai['config']}" if "model" in genai
                                                else f"no model ({genai['skipped']})"))
-        notes.append(f"versions {manifest['versions']}; optimised {manifest['optimized']}; timings {manifest['timings']}")
+        notes.append(f"versions {manifest['versions']}; optimised {manifest['optimized']}")
         return Lowered(list(manifest["files"]), native=dict(manifest["native"]),
-                       fallbacks=sorted({f["op"] for f in manifest["fallbacks"]}), notes=notes)
+                       fallbacks=sorted({f["op"] for f in manifest["fallbacks"]}), notes=notes,
+                       timings=dict(manifest["timings"]))
 
     def load(self, out_dir, manifest: dict | None = None):
         return OnnxProgram(out_dir)

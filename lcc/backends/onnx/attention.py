@@ -115,7 +115,7 @@ def _masked_call(fused: bool, empty_rows: bool):
 IN_PLACE = "GroupQueryAttention over the cache (past/present may share a buffer)"
 
 
-def _cache_write(node) -> tuple | None:
+def cache_write(node) -> tuple | None:
     """(cache, index, new) when ``node`` is ``index_copy(cache, 2, index, new)`` (the decode cache write)."""
     if not isinstance(node, torch.fx.Node) or node.target != torch.ops.aten.index_copy.default:
         return None
@@ -128,7 +128,7 @@ def fuse_decode(node: torch.fx.Node, args: dict) -> str | None:
 
     The cache writes' other users (the entry's cache outputs) read the fused node's new cache.
     """
-    kw, vw = _cache_write(args["k"]), _cache_write(args["v"])
+    kw, vw = cache_write(args["k"]), cache_write(args["v"])
     if kw is None or vw is None or kw[1] is not vw[1] or args["kv_len"] is None:
         return None
     if gqa_window(args["mask"], None) is None or kw[2].meta["val"].shape[2] != 1:

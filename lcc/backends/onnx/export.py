@@ -14,13 +14,12 @@ import warnings
 
 import torch
 import torch.fx
-from torch.export import Dim
 
+from lcc.backends.nodes import prepare_nodes
 from lcc.backends.onnx.fuse import fuse_attention_blocks, share_tied_embedding
 from lcc.backends.onnx.register import BACKEND, translation_table
 from lcc.capture.program import copy_graph_module
 from lcc.ops import registry
-from lcc.passes.graph import named_args as op_args
 
 OPSET = 23
 
@@ -69,23 +68,10 @@ def prepare_graph(gm: torch.fx.GraphModule, capacity: int) -> tuple[torch.fx.Gra
     strip_noops(gm)
     share_tied_embedding(gm)
     lowered = fuse_attention_blocks(gm, capacity)
-    by_op = {opdef.op: opdef for opdef in registry.ops().values()}
-    for node in list(gm.graph.nodes):
-        opdef = by_op.get(node.target) if node.op == "call_function" else None
-        if opdef is None:
-            continue
-        lowering = opdef.lowerings.get(BACKEND)
-        args = op_args(node)
-        why = "no onnx lowering" if lowering is None else lowering.unsupported(args)
-        record = {"op": opdef.name, "node": node.name, "layer": node.meta.get("lcc_layer")}
-        if why:
-            node.target, node.args, node.kwargs = _reference_call(opdef), tuple(args.values()), {}
-            lowered.append({**record, "fallback": True, "how": f"reference decomposition: {why}"})
-            continue
-        how = lowering.prepare(node, args, capacity) if lowering.prepare else lowering.how
-        lowered.append({**record, "fallback": False, "how": how})
-    gm.graph.lint()
-    gm.recompile()
+    for r in prepare_nodes(gm, BACKEND, _reference_call, context=capacity):
+        record = {k: r[k] for k in ("op", "node", "layer")}
+        how = f"reference decomposition: {r['why']}" if r["fallback"] else r["how"]
+        lowered.append({**record, "fallback": r["fallback"], "how": how})
     return gm, lowered
 
 
@@ -102,20 +88,11 @@ def io_names(entry: str, layout) -> tuple[list[str], list[str]]:
     return inputs, ["logits", *hidden] + cache_out
 
 
-def example_args(entry: str, layout) -> tuple[tuple, tuple | None]:
-    cache = layout.empty()
-    if entry == "decode":
-        return (torch.zeros(layout.batch, 1, dtype=torch.long), torch.tensor(0), *cache), None
-    seq = Dim("sequence_length", min=2, max=layout.capacity)
-    ids = torch.zeros(layout.batch, min(8, layout.capacity), dtype=torch.long)
-    return (ids, *cache), ({1: seq}, *[None] * len(cache))
-
-
-def export_entry(gm: torch.fx.GraphModule, layout, entry: str):
+def export_entry(program, entry: str):
     """(``onnx_ir`` model of a program entry, per lcc node how it was lowered)."""
-    args, shapes = example_args(entry, layout)
-    inputs, outputs = io_names(entry, layout)
-    return export_graph(gm, args, shapes, inputs, outputs, layout.capacity)
+    inputs, outputs = io_names(entry, program.cache)
+    return export_graph(program.entries[entry], program.example_inputs(entry),
+                        program.dynamic_shapes(entry, "sequence_length"), inputs, outputs, program.cache.capacity)
 
 
 def export_graph(gm: torch.fx.GraphModule, args: tuple, dynamic_shapes, input_names: list[str],

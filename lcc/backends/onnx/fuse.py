@@ -30,7 +30,7 @@ import torch
 import torch.fx
 
 from lcc.backends.onnx.attention import IN_PLACE
-from lcc.passes.graph import named_args
+from lcc.graph import named_args
 
 PACKED = "; packed QKV, rotary inside (do_rotary)"
 
@@ -48,7 +48,7 @@ def packed_attention(qkv: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Te
     ``index`` None: prefill at positions 0..S-1 (the cache written at [0, S)); else decode of one
     token at position ``index`` (a 1-element tensor).
     """
-    from lcc.ops.rope import _rotate_half
+    from lcc.ops.rope import rotate_half
 
     B, S, _ = qkv.shape
     D = k_cache.shape[-1]
@@ -60,7 +60,7 @@ def packed_attention(qkv: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Te
     r = c.shape[-1]  # rotary dims: the first r of each head (partial rotary leaves the rest as they are)
 
     def rotate(x):
-        return torch.cat([x[..., :r] * c + _rotate_half(x[..., :r]) * s, x[..., r:]], -1)
+        return torch.cat([x[..., :r] * c + rotate_half(x[..., :r]) * s, x[..., r:]], -1)
 
     q, k = rotate(q), rotate(k)
     k_cache = k_cache.clone()
@@ -203,7 +203,7 @@ def _prefill_write(node):
 
 def _match(gm, node: torch.fx.Node):
     """Everything the fusion of attention ``node`` needs, or None when the block is not the plain pattern."""
-    from lcc.backends.onnx.attention import _cache_write, gqa_window
+    from lcc.backends.onnx.attention import cache_write, gqa_window
 
     args = named_args(node)
     prefill = args["kv_len"] is None
@@ -228,7 +228,7 @@ def _match(gm, node: torch.fx.Node):
         if not _target(pos_root, torch.ops.aten.arange.default) or len(pos_root.args) != 1:
             return None  # positions are arange(S): 0..S-1
     else:
-        kw, vw = _cache_write(args["k"]), _cache_write(args["v"])  # (cache, index, new)
+        kw, vw = cache_write(args["k"]), cache_write(args["v"])  # (cache, index, new)
         if kw is None or vw is None or kw[1] is not vw[1]:
             return None
         k_write, v_write = args["k"], args["v"]

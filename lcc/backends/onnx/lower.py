@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
+from lcc.backends.nodes import native_hows
 from lcc.backends.onnx import genai as genai_model
 from lcc.backends.onnx.attention import IN_PLACE
 from lcc.backends.onnx.export import OPSET, export_entry, io_names
@@ -130,7 +131,7 @@ def _lower_into(program, tmp: Path, optimize, genai, tokenizer, entries, step) -
 
 
 def _export_one(program, name: str, raw: Path) -> list[dict]:
-    model, nodes = export_entry(program.entries[name], program.cache, name)
+    model, nodes = export_entry(program, name)
     _save_raw(model, raw / f"{name}.onnx")
     return nodes
 
@@ -140,16 +141,6 @@ def _copy_model(src: Path, dst: Path) -> None:
 
     onnx.save_model(onnx.load(str(src)), str(dst), save_as_external_data=True, location=dst.name + ".data",
                     size_threshold=1024)
-
-
-def _native(nodes: dict) -> dict:
-    """``{op: how}`` for each lcc op the program uses that lowered natively (the distinct ways, joined)."""
-    hows: dict[str, list[str]] = {}
-    for ns in nodes.values():
-        for n in ns:
-            if not n["fallback"] and n["how"] not in hows.setdefault(n["op"], []):
-                hows[n["op"]].append(n["how"])
-    return {op: "; ".join(h) for op, h in hows.items() if h}
 
 
 def _manifest(program, files, nodes, weights, genai_info, optimize, timings) -> dict:
@@ -168,9 +159,9 @@ def _manifest(program, files, nodes, weights, genai_info, optimize, timings) -> 
         "entries": entries,
         "weights": WEIGHTS,
         "weights_bytes": weights,
-        "cache": dict(layout.__dict__),
+        "cache": layout.to_dict(),
         "optimized": "ORT_ENABLE_EXTENDED (CPU provider)" if optimize else None,
-        "native": _native(nodes),
+        "native": native_hows([n for ns in nodes.values() for n in ns]),
         "nodes": {e: [{k: v for k, v in n.items()} for n in ns] for e, ns in nodes.items()},
         "fallbacks": fallbacks,
         "genai": genai_info,

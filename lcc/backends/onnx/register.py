@@ -1,14 +1,12 @@
 """The ONNX lowerings of the lcc ops, registered with :func:`lcc.ops.registry.register_lowering`.
 
-A lowering is an onnxscript translation for ``torch.onnx.export``'s ``custom_translation_table``,
-a check that says when a node must instead run as the op's reference decomposition, and an
-optional FX rewrite (``prepare``) that puts a node into the form the translation expects.
+A lowering is a :class:`lcc.ops.registry.Lowering` whose ``emit`` is an onnxscript translation for
+``torch.onnx.export``'s ``custom_translation_table`` (None: ``prepare`` only), whose ``unsupported``
+says when a node must instead run as the op's reference decomposition, and whose ``prepare``
+``(fx node, schema args, capacity) -> how`` puts a node into the form the translation expects.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -18,19 +16,9 @@ from lcc.backends.onnx.fuse import packed_attention_onnx
 from lcc.backends.onnx.rerope import prepare as prepare_rerope, rerope_unsupported
 from lcc.backends.onnx.rope import rope_onnx, rope_unsupported
 from lcc.ops import registry
+from lcc.ops.registry import Lowering
 
 BACKEND = "onnx"
-
-
-@dataclass(frozen=True)
-class OnnxLowering:
-    translate: Callable | None  # onnxscript (traced) function with the op's schema arguments (None: prepare only)
-    unsupported: Callable[[dict], str | None]  # schema args -> reason to fall back, or None
-    how: str
-    prepare: Callable | None = None  # (fx node, schema args, capacity) -> how this node is lowered
-
-    def __call__(self, *args, **kwargs):
-        return self.translate(*args, **kwargs)
 
 
 def _mask_unsupported(args: dict) -> str | None:
@@ -44,17 +32,17 @@ def _mask_unsupported(args: dict) -> str | None:
 
 
 LOWERINGS = {
-    "attention": OnnxLowering(attention_onnx, _mask_unsupported,
-                              "com.microsoft GroupQueryAttention (plain blocks: packed QKV + rotary inside, the cache "
-                              "written in place; else prefill, decode over the cache in place, bias "
-                              "for other masks); else keys sliced to kv_len + grouped MatMul/Softmax with the "
-                              "mask predicate in the graph",
-                              prepare_attention),
-    "rope": OnnxLowering(rope_onnx, rope_unsupported, "opset-23 RotaryEmbedding, cos/sin of positions * inv_freq "
-                         "(dynamic-ntk / longrope inv_freq chosen in the graph)"),
-    "rerope_attention": OnnxLowering(None, rerope_unsupported,
-                                     "two RotaryEmbedding'd score matrices + mask predicate + MatMul/Softmax",
-                                     prepare_rerope),
+    "attention": Lowering(attention_onnx, _mask_unsupported,
+                          "com.microsoft GroupQueryAttention (plain blocks: packed QKV + rotary inside, the cache "
+                          "written in place; else prefill, decode over the cache in place, bias "
+                          "for other masks); else keys sliced to kv_len + grouped MatMul/Softmax with the "
+                          "mask predicate in the graph",
+                          prepare_attention),
+    "rope": Lowering(rope_onnx, rope_unsupported, "opset-23 RotaryEmbedding, cos/sin of positions * inv_freq "
+                     "(dynamic-ntk / longrope inv_freq chosen in the graph)"),
+    "rerope_attention": Lowering(None, rerope_unsupported,
+                                 "two RotaryEmbedding'd score matrices + mask predicate + MatMul/Softmax",
+                                 prepare_rerope),
 }
 
 for _name, _lowering in LOWERINGS.items():
@@ -69,6 +57,6 @@ def translation_table() -> dict:
              torch.ops.lcc_onnx.packed_attention.default: packed_attention_onnx}
     for opdef in registry.ops().values():
         lowering = opdef.lowerings.get(BACKEND)
-        if lowering is not None and lowering.translate is not None:
-            table[opdef.op] = lowering.translate
+        if lowering is not None and lowering.emit is not None:
+            table[opdef.op] = lowering.emit
     return table

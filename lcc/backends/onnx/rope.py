@@ -11,13 +11,16 @@ max(positions) + 1 and chosen with ``Where`` (their torch form branches on the d
 
 from __future__ import annotations
 
-from lcc.ops.rope import parse_variant as _parse_variant
+from lcc.ops.rope import parse_variant
 
 VARIANTS = ("dynamic-ntk", "longrope")
 
 
 def rope_unsupported(args: dict) -> str | None:
-    name, _ = _parse_variant(args.get("variant") or "")
+    try:
+        name, _ = parse_variant(args.get("variant") or "")
+    except ValueError as e:
+        return f"rope variant {args.get('variant')!r}: {e}"
     if name and name not in VARIANTS:
         return f"rope variant {name!r} has no ONNX lowering"
     return None
@@ -53,7 +56,7 @@ def _longrope(op, inv_freq, positions, original: float):
 def rope_onnx(x, positions, inv_freq, attention_scaling: float = 1.0, variant: str = ""):
     from onnxscript import opset23 as op
 
-    name, params = _parse_variant(variant or "")
+    name, params = parse_variant(variant or "")
     half = inv_freq.shape[0]
     if name == "dynamic-ntk":
         inv_freq, half = _dynamic_ntk(op, inv_freq, positions, **params)

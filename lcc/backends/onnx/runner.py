@@ -11,7 +11,6 @@ onnxruntime has it, else the CPU.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -90,19 +89,21 @@ class OnnxProgram:
     def __init__(self, out_dir, providers: list[str] | None = None, threads: int = 0):
         import onnxruntime as ort
 
+        from lcc.integrity import backend_manifest, inside
+
         self.out_dir = Path(out_dir)
-        self.manifest = json.loads((self.out_dir / MANIFEST).read_text())
+        self.manifest = backend_manifest(self.out_dir, MANIFEST)
         self.providers = providers or default_providers()
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads
         so.log_severity_level = 3
         self.entries = {}
         for name, entry in self.manifest["entries"].items():
-            session = ort.InferenceSession(str(self.out_dir / entry["file"]), so, providers=self.providers)
+            session = ort.InferenceSession(str(inside(self.out_dir, entry["file"], MANIFEST)), so, providers=self.providers)
             in_place = entry.get("cache_in_place") and self.providers[0] == "CPUExecutionProvider"
             kind = _InPlaceEntry if in_place else _Entry
             self.entries[name] = kind(session, [i.name for i in session.get_inputs()])
-        self.cache = CacheLayout(**self.manifest["cache"])
+        self.cache = CacheLayout.from_dict(self.manifest["cache"])
 
     def generate(self, prompt_ids: torch.Tensor, max_new_tokens: int, stop=frozenset()) -> list[int]:
         """Greedy decoding, one prefill then one decode per token (:func:`lcc.runtime.generate_ids`)."""

@@ -18,7 +18,5 @@ if AVAILABLE:
     from lcc.backends.triton import register  # noqa: F401  (plugs the kernels into the ops)
     from lcc.backends.triton.attention import flash_attention  # noqa: F401
     from lcc.backends.triton.decode import flash_decode  # noqa: F401
-    from lcc.backends.triton import rerope as _rerope  # noqa: F401  (ReRoPE's fused kernel on CUDA)
-    from lcc.backends.triton import kv_decode as _kv_decode
-
-    _kv_decode.register()  # the quantized-cache decode kernel on CUDA
+    from lcc.backends.triton import rerope  # noqa: F401  (ReRoPE's fused kernel on CUDA)
+    from lcc.backends.triton import kv_decode  # noqa: F401  (the quantized-cache decode kernel; registers itself)

@@ -22,12 +22,12 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from lcc.backends.triton import attention, decode, linear_attention
-from lcc.backends.triton.interpret import is_interpreted
-from lcc.backends.triton.mask_mods import MASK_IDS
+from lcc.backends.triton.interpret import dot_precision, is_interpreted, pow2
+from lcc.backends.triton.mask_mods import kernel_predicates
 
 ARCHS = (80, 90)
 SHARED_LIMIT = {80: 166912, 90: 232448}  # max dynamic shared memory per block, bytes
-_TY = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
+TRITON_TYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
 
 
 @dataclass(frozen=True)
@@ -51,51 +51,47 @@ class Variant:
         return ASTSource(fn=self.kernel, signature=sig, constexprs=self.constexprs)
 
 
-def _pow2(n):
-    return max(16, triton.next_power_of_2(n))
-
-
 def attention_variant(dtype, head_dim, mask_kind, q_len=4096) -> Variant:
     cfg = attention.config(head_dim, dtype, q_len)
-    t = _TY[dtype]
+    t = TRITON_TYPES[dtype]
     return Variant(
-        f"attn_fwd[{t},d={head_dim},{mask_kind}]", attention._attn_fwd,
+        f"attn_fwd[{t},d={head_dim},{mask_kind}]", attention.attn_fwd,
         {"Q": t, "K": t, "V": t, "O": t, "KV_LEN": "i32", "ROW_PTR": "i32", "N_FULL": "i32", "COLS": "i32"},
-        dict(MASK=MASK_IDS[mask_kind], BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"], D=head_dim, DV=head_dim,
-             BLOCK_D=_pow2(head_dim), BLOCK_DV=_pow2(head_dim), PREC="ieee" if dtype == torch.float32 else "tf32",
+        dict(MASK=kernel_predicates()[mask_kind], BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"], D=head_dim,
+             DV=head_dim, BLOCK_D=pow2(head_dim), BLOCK_DV=pow2(head_dim), PREC=dot_precision(dtype),
              UPCAST=False),
         floats=("qk_scale",), options=dict(num_warps=cfg["num_warps"], num_stages=cfg["num_stages"]))
 
 
 def decode_variants(dtype, head_dim, group, sliding) -> list[Variant]:
-    t = _TY[dtype]
+    t, cfg = TRITON_TYPES[dtype], decode.config(head_dim)
     split = Variant(
-        f"decode_split[{t},d={head_dim},g={group},{'sliding' if sliding else 'causal'}]", decode._decode_split,
+        f"decode_split[{t},d={head_dim},g={group},{'sliding' if sliding else 'causal'}]", decode.decode_split,
         {"Q": t, "K": t, "V": t, "KV_LEN": "i32", "MID_O": "fp32", "MID_LSE": "fp32"},
-        dict(SLIDING=sliding, BLOCK_G=_pow2(group), BLOCK_N=decode.default_block_n(head_dim), D=head_dim, DV=head_dim,
-             BLOCK_D=_pow2(head_dim), BLOCK_DV=_pow2(head_dim), PREC="ieee" if dtype == torch.float32 else "tf32",
+        dict(SLIDING=sliding, BLOCK_G=pow2(group), BLOCK_N=cfg["block_n"], D=head_dim, DV=head_dim,
+             BLOCK_D=pow2(head_dim), BLOCK_DV=pow2(head_dim), PREC=dot_precision(dtype),
              UPCAST=False),
-        floats=("qk_scale",), options=dict(num_warps=4, num_stages=2))
-    merge = Variant(f"decode_merge[{t},d={head_dim}]", decode._decode_merge,
+        floats=("qk_scale",), options=dict(num_warps=cfg["num_warps"], num_stages=cfg["num_stages"]))
+    merge = Variant(f"decode_merge[{t},d={head_dim}]", decode.decode_merge,
                     {"MID_O": "fp32", "MID_LSE": "fp32", "O": t},
-                    dict(BLOCK_S=128, DV=head_dim, BLOCK_DV=_pow2(head_dim)), options=dict(num_warps=4))
+                    dict(BLOCK_S=128, DV=head_dim, BLOCK_DV=pow2(head_dim)), options=dict(num_warps=4))
     return [split, merge]
 
 
 def linear_variant(dtype, features, head_dim) -> Variant:
-    t = _TY[dtype]
+    t, cfg = TRITON_TYPES[dtype], linear_attention.config(features, head_dim)
     return Variant(
-        f"linear_attn[{t},f={features},dv={head_dim}]", linear_attention._linear_attn_fwd,
+        f"linear_attn[{t},f={features},dv={head_dim}]", linear_attention.linear_attn_fwd,
         {"PQ": "fp32", "PK": "fp32", "V": t, "O": t},
-        dict(F=features, DV=head_dim, **linear_attention.config(features, head_dim),
-             PREC="ieee" if dtype == torch.float32 else "tf32"),
-        floats=("eps",), options=dict(num_warps=4, num_stages=2))
+        dict(F=features, DV=head_dim, CHUNK=cfg["chunk"], BLOCK_F=cfg["block_f"], BLOCK_DV=cfg["block_dv"],
+             PREC=dot_precision(dtype)),
+        floats=("eps",), options=dict(num_warps=cfg["num_warps"], num_stages=cfg["num_stages"]))
 
 
 def variants(full: bool = False) -> list[Variant]:
     """Every kernel: the quick set covers every kernel function and mask kind once; ``full`` adds each
     dtype x head dim (fp32, whose ieee dots unroll to FMA and compile slowly, at head dim 64 only)."""
-    out = [attention_variant(torch.bfloat16, 128, m) for m in MASK_IDS]
+    out = [attention_variant(torch.bfloat16, 128, m) for m in kernel_predicates()]
     out += [attention_variant(torch.float16, 256, "causal")]
     out += decode_variants(torch.bfloat16, 128, 4, True) + decode_variants(torch.float16, 64, 8, False)[:1]
     out += [linear_variant(torch.bfloat16, 64, 128)]
@@ -119,7 +115,7 @@ def compile_variant(v: Variant, arch: int):
 
 def compile_all(archs=ARCHS, full: bool = False) -> dict:
     """{(variant name, arch): compiled kernel} with ``.asm['ptx']`` and ``.asm['cubin']``."""
-    if is_interpreted(attention._attn_fwd):
+    if is_interpreted(attention.attn_fwd):
         raise RuntimeError("TRITON_INTERPRET=1: kernels are interpreted; run AOT in a process without it")
     return {(v.name, arch): compile_variant(v, arch) for v in variants(full) for arch in archs}
 

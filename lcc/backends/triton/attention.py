@@ -16,27 +16,23 @@ import torch
 import triton
 import triton.language as tl
 
-from lcc.backends.triton.mask_mods import allowed, mask_launch_args
-from lcc.backends.triton.interpret import check_device, dot_precision, is_interpreted
-from lcc.ops import sparse_masks
-
-LOG2E = 1.4426950408889634
+from lcc.backends.triton.mask_mods import mask_launch_args
+from lcc.backends.triton.interpret import check_device, dot_precision, launcher, pow2, tile_config, upcast
+from lcc.backends.triton.online_softmax import LOG2E, load_kv_tile, normalize, row_program, softmax_update
+from lcc.ops.masks import block_map
 
 
 @triton.jit
-def _attn_fwd(Q, K, V, O, KV_LEN, ROW_PTR, N_FULL, COLS,
-              stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
-              stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_om,
-              H, GROUP, SQ, ROWS_PER_BATCH, qk_scale, p0, p1, p2, p3,
-              MASK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-              D: tl.constexpr, DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-              PREC: tl.constexpr, UPCAST: tl.constexpr):
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // H
-    h = pid_bh % H
-    hk = h // GROUP
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+def attn_fwd(Q, K, V, O, KV_LEN, ROW_PTR, N_FULL, COLS,
+             stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
+             stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_om,
+             H, GROUP, SQ, ROWS_PER_BATCH, qk_scale, p0, p1, p2, p3,
+             MASK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+             D: tl.constexpr, DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+             PREC: tl.constexpr, UPCAST: tl.constexpr):
+    tl.static_assert(BLOCK_D >= D)
+    tl.static_assert(BLOCK_DV >= DV)
+    offs_m, b, h, hk = row_program(H, GROUP, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
     q_base = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
@@ -48,7 +44,7 @@ def _attn_fwd(Q, K, V, O, KV_LEN, ROW_PTR, N_FULL, COLS,
         q = q.to(tl.float32)
     kv_len = tl.load(KV_LEN + b)
     q_pos = kv_len - SQ + offs_m
-    row = b * ROWS_PER_BATCH + pid_m
+    row = b * ROWS_PER_BATCH + tl.program_id(0)
     start = tl.load(ROW_PTR + row)
     end = tl.load(ROW_PTR + row + 1)
     mid = start + tl.load(N_FULL + row)
@@ -65,46 +61,29 @@ def _attn_fwd(Q, K, V, O, KV_LEN, ROW_PTR, N_FULL, COLS,
             k = k.to(tl.float32)
             v = v.to(tl.float32)
         qk = tl.dot(q, k, input_precision=PREC) * qk_scale
-        m_ij = tl.maximum(m_i, tl.max(qk, 1))
-        p = tl.math.exp2(qk - m_ij[:, None])
-        alpha = tl.math.exp2(m_i - m_ij)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PREC)
-        m_i = m_ij
+        m_i, l_i, acc = softmax_update(qk, v, m_i, l_i, acc, PREC)
     # stage 2: partial tiles, the predicate evaluated pair by pair
     for idx in range(mid, end):
         offs_n = tl.load(COLS + idx) * BLOCK_N + tl.arange(0, BLOCK_N)
         kv_ok = offs_n < kv_len
-        k = tl.load(k_base + offs_n[None, :] * stride_kn + offs_d[:, None],
-                    mask=kv_ok[None, :] & (offs_d[:, None] < D), other=0.0)
-        v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_dv[None, :],
-                    mask=kv_ok[:, None] & (offs_dv[None, :] < DV), other=0.0)
-        if UPCAST:
-            k = k.to(tl.float32)
-            v = v.to(tl.float32)
-        keep = allowed(q_pos[:, None], offs_n[None, :], MASK, p0, p1, p2, p3) & kv_ok[None, :]
+        k, v = load_kv_tile(k_base, v_base, offs_n, kv_ok, stride_kn, stride_vn, offs_d, offs_dv, D, DV, UPCAST)
+        keep = MASK(q_pos[:, None], offs_n[None, :], p0, p1, p2, p3) & kv_ok[None, :]
         qk = tl.dot(q, k, input_precision=PREC) * qk_scale
         qk = tl.where(keep, qk, float("-inf"))
-        m_ij = tl.maximum(m_i, tl.max(qk, 1))
-        m_ij = tl.where(m_ij == float("-inf"), 0.0, m_ij)  # a row with nothing kept yet
-        p = tl.math.exp2(qk - m_ij[:, None])
-        alpha = tl.math.exp2(m_i - m_ij)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PREC)
-        m_i = m_ij
-    out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]  # rows that keep no key give 0, as the reference
+        m_i, l_i, acc = softmax_update(qk, v, m_i, l_i, acc, PREC)
+    out = normalize(acc, l_i)  # rows that keep no key give 0, as the reference
     o_base = O + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh
     tl.store(o_base + offs_m[:, None] * stride_om + offs_dv[None, :], out.to(O.dtype.element_ty),
              mask=(offs_m[:, None] < SQ) & (offs_dv[None, :] < DV))
 
 
-KERNELS = (_attn_fwd,)
+KERNELS = (attn_fwd,)
 
 
 @functools.lru_cache(maxsize=64)
 def _csr(mask: str, q_len: int, kv_len: int, block_m: int, block_n: int, device: str):
     """One kv_len's key-block lists: (row_ptr, n_full, cols), full tiles first in each row."""
-    any_map, full_map = sparse_masks.block_map(mask, q_len, kv_len, block_m, block_n, device)
+    any_map, full_map = block_map(mask, q_len, kv_len, block_m, block_n, device)
     n_m, n_n = any_map.shape
     cols = torch.arange(n_n, device=device).expand(n_m, n_n)
     key = torch.where(any_map, cols + n_n * (~full_map).long(), 2 * n_n)
@@ -137,16 +116,7 @@ def key_blocks(mask: str, q_len: int, kv_lens: list[int], block_m: int, block_n:
 
 def config(head_dim: int, dtype: torch.dtype, q_len: int) -> dict:
     """Block sizes and launch shape (H100/A100-sized defaults; small q_len shrinks BLOCK_M)."""
-    if head_dim <= 64:
-        cfg = dict(block_m=128, block_n=64, num_warps=4, num_stages=3)
-    elif head_dim <= 128:
-        cfg = dict(block_m=128, block_n=64, num_warps=8, num_stages=3)
-    else:
-        cfg = dict(block_m=64, block_n=32, num_warps=8, num_stages=2)
-    if dtype == torch.float32:
-        cfg["block_n"] = max(16, cfg["block_n"] // 2)
-    cfg["block_m"] = max(16, min(cfg["block_m"], triton.next_power_of_2(q_len)))
-    return cfg
+    return tile_config(head_dim, dtype, q_len, {64: (128, 64, 4, 3), 128: (128, 64, 8, 3), None: (64, 32, 8, 2)})
 
 
 @functools.lru_cache(maxsize=64)
@@ -164,33 +134,49 @@ def kv_lens(kv_len, batch: int, k_len: int) -> list[int]:
 
 def flash_attention(q, k, v, kv_len=None, scale=None, mask="causal", block_m=0, block_n=0,
                     num_warps=0, num_stages=0):
-    """``lcc.attention`` by the Triton kernel: CUDA tensors compiled, CPU tensors interpreted."""
-    B, Hq, Sq, D = q.shape
-    Hkv, Sk, Dv = k.shape[1], k.shape[2], v.shape[3]
-    if Hq % Hkv:
-        raise ValueError(f"query heads {Hq} not a multiple of kv heads {Hkv}")
-    scale = D**-0.5 if scale is None else scale
+    """``lcc.attention`` by the Triton kernel, eagerly: CUDA tensors compiled, CPU tensors interpreted.
+
+    Reads ``kv_len`` on the host to check it and to build the exact key-block lists of any mask
+    (:func:`key_blocks`, cached); :func:`flash_launch` runs the kernel.
+    """
+    B, Sq, D, Sk = q.shape[0], q.shape[2], q.shape[3], k.shape[2]
     lens = kv_lens(kv_len, B, Sk)
     if min(lens) < Sq or max(lens) > Sk:
         raise ValueError(f"kv_len must lie in [Sq, Sk] = [{Sq}, {Sk}], got {lens}")
-    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     cfg = config(D, q.dtype, Sq)
-    bm, bn = block_m or cfg["block_m"], block_n or cfg["block_n"]
-    row_ptr, n_full, cols, rows_per_batch = key_blocks(mask, Sq, lens, bm, bn, q.device)
-    mask_id, params = mask_launch_args(mask)
+    cfg.update({key: val for key, val in dict(block_m=block_m, block_n=block_n, num_warps=num_warps,
+                                              num_stages=num_stages).items() if val})
+    blocks = key_blocks(mask, Sq, lens, cfg["block_m"], cfg["block_n"], q.device)
+    return flash_launch(q, k, v, _lens_tensor(tuple(lens), str(q.device)), blocks, scale, mask, cfg)
+
+
+def flash_launch(q, k, v, lens, blocks, scale, mask: str, cfg: dict) -> torch.Tensor:
+    """The one launcher of :func:`attn_fwd`, eager and inside ``triton_op`` (host side: torch ops on shapes).
+
+    ``lens`` [B] int32 valid keys per sequence; ``blocks`` = (row_ptr, n_full, cols, rows_per_batch) as
+    :func:`key_blocks` builds them; ``cfg`` as :func:`config` returns it.
+    """
+    B, Hq, Sq, D = q.shape
+    Hkv, Sk, Dv = k.shape[1], k.shape[2], v.shape[3]
+    if k.shape[0] != B or v.shape[:3] != k.shape[:3] or k.shape[3] != D or Hq % Hkv:
+        raise ValueError(f"flash attention takes q [B, Hq, Sq, D], k [B, Hkv, Sk, D], v [B, Hkv, Sk, Dv] "
+                         f"with Hq % Hkv == 0; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    scale = D**-0.5 if scale is None else scale
+    row_ptr, n_full, cols, rows_per_batch = blocks
+    bm, bn = cfg["block_m"], cfg["block_n"]
+    mask_fn, params = mask_launch_args(mask)
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     o = q.new_empty(B, Hq, Sq, Dv)
-    check_device(_attn_fwd, q)
-    _attn_fwd[(triton.cdiv(Sq, bm), B * Hq)](
-        q, k, v, o, _lens_tensor(tuple(lens), str(q.device)), row_ptr, n_full, cols,
+    check_device(attn_fwd, q)
+    launcher(attn_fwd)[(triton.cdiv(Sq, bm), B * Hq)](
+        q, k, v, o, lens, row_ptr, n_full, cols,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2),
         Hq, Hq // Hkv, Sq, rows_per_batch, scale * LOG2E, *params,
-        MASK=mask_id, BLOCK_M=bm, BLOCK_N=bn, D=D, DV=Dv,
-        BLOCK_D=max(16, triton.next_power_of_2(D)), BLOCK_DV=max(16, triton.next_power_of_2(Dv)),
-        PREC=dot_precision(q.dtype),
-        UPCAST=is_interpreted(_attn_fwd) and q.dtype == torch.bfloat16,
-        num_warps=num_warps or cfg["num_warps"], num_stages=num_stages or cfg["num_stages"])
+        MASK=mask_fn, BLOCK_M=bm, BLOCK_N=bn, D=D, DV=Dv, BLOCK_D=pow2(D), BLOCK_DV=pow2(Dv),
+        PREC=dot_precision(q.dtype), UPCAST=upcast(attn_fwd, q.dtype),
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     return o
 
 
-__all__ = ["flash_attention", "key_blocks", "config", "kv_lens"]
+__all__ = ["flash_attention", "flash_launch", "key_blocks", "config", "kv_lens", "attn_fwd", "KERNELS"]

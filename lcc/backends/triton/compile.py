@@ -18,7 +18,9 @@ from pathlib import Path
 
 import torch
 
-from lcc.backends import Lowered
+from lcc.backends import Lowered, check_dtype
+from lcc.backends.nodes import native_hows, prepare_nodes
+from lcc.backends.torch_export import export_entry
 from lcc.capture.program import copy_graph_module
 
 ENTRIES = ("prefill", "decode")
@@ -26,37 +28,15 @@ ENTRIES = ("prefill", "decode")
 
 def retarget(gm: torch.fx.GraphModule) -> tuple[torch.fx.GraphModule, dict[str, str], list[str]]:
     """A copy of ``gm`` calling the lcc_triton ops: (graph, native {op: how}, ops left as they were)."""
-    from lcc.backends.triton.ops import TRITON_OPS
+    import lcc.backends.triton.ops  # noqa: F401  (registers the triton lowerings)
 
     new = copy_graph_module(gm)
-    native, left = {}, set()
-    for node in new.graph.nodes:
-        if node.op != "call_function" or getattr(node.target, "namespace", None) != "lcc":
-            continue
-        op_name = node.target._schema.name.split("::")[1]
-        if node.target in TRITON_OPS:
-            node.target, how = TRITON_OPS[node.target]
-            native[op_name] = how
-        else:
-            left.add(op_name)
-    new.recompile()
-    return new, native, sorted(left)
+    records = prepare_nodes(new, "triton")  # a node without a triton_op stays a call of the lcc op
+    return new, native_hows(records), sorted({r["op"] for r in records if r["fallback"]})
 
 
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def export_entry(program, name: str, gm: torch.fx.GraphModule, seq_len: int | None = None):
-    """torch.export of one entry graph: prefill's length symbolic, or fixed at ``seq_len``."""
-    from lcc.backends.torch_export import export_entry as export_dynamic
-
-    program = program.with_entries({**program.entries, name: gm})
-    if name == "decode" or seq_len is None:
-        return export_dynamic(program, name)
-    args = (torch.zeros(program.cache.batch, seq_len, dtype=torch.long), *program.cache.empty())
-    with torch.no_grad():
-        return torch.export.export(gm, args, strict=False)
 
 
 def default_configs() -> dict:
@@ -81,7 +61,7 @@ def compile_entry(program, name: str, path: Path, device: str, inductor_configs:
     from torch.export.passes import move_to_device_pass
 
     gm, native, left = retarget(program.entries[name])
-    ep = export_entry(program, name, gm, seq_len)
+    ep = export_entry(program, name, gm, None if name == "decode" else seq_len)
     if device != "cpu":  # with the index: graph asserts compare "cuda" with fake tensors' "cuda:0"
         dev = torch.device(device)
         ep = move_to_device_pass(ep, dev if dev.index is not None else torch.device(dev.type, 0))
@@ -112,15 +92,19 @@ class TritonProgram:
 
         import lcc.backends.triton.ops  # noqa: F401  (lcc ops left opaque in a package call the registered op)
 
+        from lcc.integrity import backend_manifest, inside
+
         out_dir = Path(out_dir)
-        self.meta = json.loads((out_dir / "triton.json").read_text())
-        device = self.meta["device"]
+        self.meta = backend_manifest(out_dir, "triton.json")
+        device = self.meta.get("device")
         if device == "cuda" and not torch.cuda.is_available():
             from lcc.errors import UsageError
 
             raise UsageError(f"{out_dir} was compiled for CUDA and this machine has no GPU: "
                              "compile it again here (lcc compile ... --backend triton)")
-        self.runners = {name: aoti_load_package(str(out_dir / f"{name}.pt2")) for name in ENTRIES}
+        files = self.meta.get("entries") or {name: f"{name}.pt2" for name in ENTRIES}
+        files = files if isinstance(files, dict) else {name: f"{name}.pt2" for name in files}
+        self.runners = {name: aoti_load_package(str(inside(out_dir, f, "triton.json"))) for name, f in files.items()}
         self.entries = {name: _Entry(r, device) for name, r in self.runners.items()}
 
 
@@ -141,11 +125,16 @@ class TritonBackend:
             return f"torch {torch.__version__} has no torch.library.triton_op: install torch >= 2.6"
         return None
 
-    def lower(self, program, out_dir, progress=None) -> Lowered:
-        device = self.device or default_device()
+    def lower(self, program, out_dir, *, target=None, dtype="float32", entries=None, progress=None) -> Lowered:
+        """AOT-compile ``entries`` (default prefill and decode) for ``target`` ("cuda" or "cpu"; default:
+        the backend's device, else cuda where present)."""
+        check_dtype(self.name, dtype)
+        device = target or self.device or default_device()
+        entries = tuple(entries or ENTRIES)
         out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
         native, left, seconds = {}, set(), {}
-        for name in ENTRIES:
+        for name in entries:
             t0 = time.perf_counter()
             n, l = compile_entry(program, name, out_dir / f"{name}.pt2", device, self.inductor_configs)
             seconds[name] = round(time.perf_counter() - t0, 1)
@@ -156,19 +145,24 @@ class TritonBackend:
         import triton
 
         meta = {"device": device, "torch": torch.__version__, "triton": triton.__version__,
-                "compile_seconds": seconds, "entries": {name: f"{name}.pt2" for name in ENTRIES}}
+                "compile_seconds": seconds, "entries": {name: f"{name}.pt2" for name in entries}}
         (out_dir / "triton.json").write_text(json.dumps(meta, indent=2) + "\n")
-        notes = [f"AOTInductor packages for {device} (torch {torch.__version__}, triton {triton.__version__}); "
-                 f"compile seconds {seconds}"]
+        notes = [f"AOTInductor packages for {device} (torch {torch.__version__}, triton {triton.__version__})"]
         if device == "cpu":
             notes.append("on CPU the triton_ops' bodies are the ops' reference implementations, compiled by "
                          "Inductor to C++: Triton kernels have no CPU target outside the interpreter")
         notes += [f"{op} has no triton_op: the package calls the registered lcc op" for op in sorted(left)]
-        return Lowered(["triton.json", *[f"{n}.pt2" for n in ENTRIES]], native=native, fallbacks=sorted(left),
-                       notes=notes)
+        return Lowered(["triton.json", *[f"{n}.pt2" for n in entries]], native=native, fallbacks=sorted(left),
+                       notes=notes, timings={f"compile {name}_s": t for name, t in seconds.items()})
 
     def load(self, out_dir, manifest: dict | None = None) -> TritonProgram:
         return TritonProgram(out_dir, manifest)
+
+    def native_files(self, out_dir) -> list[str]:
+        """The AOTInductor packages ``triton.json`` lists (they hold compiled native code)."""
+        from lcc.integrity import backend_manifest, listed
+
+        return listed(backend_manifest(out_dir, "triton.json"), "entries", "triton.json", out_dir)
 
 
 BACKEND = TritonBackend()

@@ -15,49 +15,43 @@ import torch
 import triton
 import triton.language as tl
 
-from lcc.backends.triton.interpret import check_device, dot_precision, is_interpreted
+from lcc.backends.triton.interpret import check_device, dot_precision, launcher, pow2, upcast, valid_lens
+from lcc.backends.triton.online_softmax import LOG2E, load_kv_tile, log_sum_exp, normalize, softmax_update
 from lcc.ops.masks import MaskSpec
-
-LOG2E = 1.4426950408889634
 
 
 @triton.jit
-def _attend_range(q, k_base, v_base, lo, hi, m_i, l_i, acc, stride_kn, stride_vn, qk_scale,
-                  offs_d, offs_dv, D: tl.constexpr, DV: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr,
-                  UPCAST: tl.constexpr):
+def attend_range(q, k_base, v_base, lo, hi, m_i, l_i, acc, stride_kn, stride_vn, qk_scale,
+                 offs_d, offs_dv, D: tl.constexpr, DV: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr,
+                 UPCAST: tl.constexpr):
     """Online-softmax update of (m_i, l_i, acc) with keys lo..hi-1."""
     for start in range(lo, hi, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
         kv_ok = offs_n < hi
-        k = tl.load(k_base + offs_n[None, :] * stride_kn + offs_d[:, None],
-                    mask=kv_ok[None, :] & (offs_d[:, None] < D), other=0.0)
-        v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_dv[None, :],
-                    mask=kv_ok[:, None] & (offs_dv[None, :] < DV), other=0.0)
-        if UPCAST:
-            k = k.to(tl.float32)
-            v = v.to(tl.float32)
+        k, v = load_kv_tile(k_base, v_base, offs_n, kv_ok, stride_kn, stride_vn, offs_d, offs_dv, D, DV, UPCAST)
         qk = tl.dot(q, k, input_precision=PREC) * qk_scale
         qk = tl.where(kv_ok[None, :], qk, float("-inf"))
-        m_ij = tl.maximum(m_i, tl.max(qk, 1))
-        p = tl.math.exp2(qk - m_ij[:, None])
-        alpha = tl.math.exp2(m_i - m_ij)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PREC)
-        m_i = m_ij
+        m_i, l_i, acc = softmax_update(qk, v, m_i, l_i, acc, PREC)
     return m_i, l_i, acc
 
 
 @triton.jit
-def _decode_split(Q, K, V, KV_LEN, MID_O, MID_LSE,
-                  stride_qb, stride_qh, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
-                  HKV, GROUP, SPLITS, window, sinks, qk_scale,
-                  SLIDING: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr,
-                  D: tl.constexpr, DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-                  PREC: tl.constexpr, UPCAST: tl.constexpr):
-    split = tl.program_id(0)
+def split_program(HKV):
+    """(split, batch, kv head) of a split-K decoding program: grid (splits, batch * kv heads)."""
     pid = tl.program_id(1)
-    b = pid // HKV
-    hk = pid % HKV
+    return tl.program_id(0), pid // HKV, pid % HKV
+
+
+@triton.jit
+def decode_split(Q, K, V, KV_LEN, MID_O, MID_LSE,
+                 stride_qb, stride_qh, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
+                 HKV, GROUP, SPLITS, window, sinks, qk_scale,
+                 SLIDING: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr,
+                 D: tl.constexpr, DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+                 PREC: tl.constexpr, UPCAST: tl.constexpr):
+    tl.static_assert(BLOCK_D >= D)
+    tl.static_assert(BLOCK_DV >= DV)
+    split, b, hk = split_program(HKV)
     offs_g = tl.arange(0, BLOCK_G)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
@@ -81,22 +75,27 @@ def _decode_split(Q, K, V, KV_LEN, MID_O, MID_LSE,
     acc = tl.zeros([BLOCK_G, BLOCK_DV], dtype=tl.float32)
     if SLIDING:
         if split == 0:  # sinks left of the window
-            m_i, l_i, acc = _attend_range(q, k_base, v_base, 0, tl.minimum(sinks, lo), m_i, l_i, acc,
-                                          stride_kn, stride_vn, qk_scale, offs_d, offs_dv, D, DV, BLOCK_N, PREC, UPCAST)
-    m_i, l_i, acc = _attend_range(q, k_base, v_base, start, end, m_i, l_i, acc,
-                                  stride_kn, stride_vn, qk_scale, offs_d, offs_dv, D, DV, BLOCK_N, PREC, UPCAST)
+            m_i, l_i, acc = attend_range(q, k_base, v_base, 0, tl.minimum(sinks, lo), m_i, l_i, acc,
+                                         stride_kn, stride_vn, qk_scale, offs_d, offs_dv, D, DV, BLOCK_N, PREC, UPCAST)
+    m_i, l_i, acc = attend_range(q, k_base, v_base, start, end, m_i, l_i, acc,
+                                 stride_kn, stride_vn, qk_scale, offs_d, offs_dv, D, DV, BLOCK_N, PREC, UPCAST)
     row = (b * HKV * GROUP + heads) * SPLITS + split
-    out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
-    lse = tl.where(l_i == 0.0, float("-inf"), m_i + tl.math.log2(tl.where(l_i == 0.0, 1.0, l_i)))
-    tl.store(MID_O + row[:, None] * DV + offs_dv[None, :], out,
-             mask=(offs_g[:, None] < GROUP) & (offs_dv[None, :] < DV))
-    tl.store(MID_LSE + row, lse, mask=offs_g < GROUP)
+    store_partial(MID_O, MID_LSE, row, offs_g < GROUP, offs_dv, m_i, l_i, acc, DV)
 
 
 @triton.jit
-def _decode_merge(MID_O, MID_LSE, O, SPLITS, stride_ob, stride_oh, H,
-                  BLOCK_S: tl.constexpr, DV: tl.constexpr, BLOCK_DV: tl.constexpr):
+def store_partial(MID_O, MID_LSE, row, row_ok, offs_dv, m_i, l_i, acc, DV: tl.constexpr):
+    """A split's normalized partial output and its log-sum-exp, rows ``row`` of [B * H * SPLITS, DV]."""
+    tl.store(MID_O + row[:, None] * DV + offs_dv[None, :], normalize(acc, l_i),
+             mask=row_ok[:, None] & (offs_dv[None, :] < DV))
+    tl.store(MID_LSE + row, log_sum_exp(m_i, l_i), mask=row_ok)
+
+
+@triton.jit
+def decode_merge(MID_O, MID_LSE, O, SPLITS, stride_ob, stride_oh, H,
+                 BLOCK_S: tl.constexpr, DV: tl.constexpr, BLOCK_DV: tl.constexpr):
     """out = sum_s 2^(lse_s - M) o_s / sum_s 2^(lse_s - M): the softmax over all splits."""
+    tl.static_assert(BLOCK_DV >= DV)
     pid = tl.program_id(0)
     offs_s = tl.arange(0, BLOCK_S)
     offs_dv = tl.arange(0, BLOCK_DV)
@@ -114,54 +113,66 @@ def _decode_merge(MID_O, MID_LSE, O, SPLITS, stride_ob, stride_oh, H,
              mask=offs_dv < DV)
 
 
-KERNELS = (_decode_split, _decode_merge)
+KERNELS = (decode_split, decode_merge)
 
 
-def default_block_n(head_dim: int) -> int:
-    return 64 if head_dim <= 128 else 32
+def config(head_dim: int) -> dict:
+    """Key tile and launch shape of the split kernels (the split count is :func:`num_splits`'s)."""
+    return dict(block_n=64 if head_dim <= 128 else 32, num_warps=4, num_stages=2)
 
 
 @functools.lru_cache(maxsize=None)
-def _sm_count(index) -> int:
+def sm_count(index) -> int:
+    """Streaming multiprocessors of CUDA device ``index``."""
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
 def num_splits(batch_kv_heads: int, k_len: int, block_n: int, device) -> int:
     """Enough programs to fill the GPU (about 4 per SM), each with at least 4 key blocks."""
-    sms = _sm_count(device.index) if device.type == "cuda" else 4
+    sms = sm_count(device.index) if device.type == "cuda" else 4
     return max(1, min(triton.cdiv(4 * sms, batch_kv_heads), triton.cdiv(k_len, 4 * block_n), 256))
 
 
-def flash_decode(q, k, v, kv_len=None, scale=None, mask="causal", splits=0, block_n=0, num_warps=4, num_stages=2):
-    """``lcc.attention`` for Sq == 1 with a causal or sliding mask, by split-K flash decoding."""
+def flash_decode(q, k, v, kv_len=None, scale=None, mask="causal", splits=0, block_n=0, num_warps=0, num_stages=0):
+    """``lcc.attention`` for Sq == 1 with a causal or sliding mask, by split-K flash decoding.
+
+    The one launcher of :func:`decode_split`, eager and inside ``triton_op`` (host side: torch ops on shapes).
+    """
     B, Hq, Sq, D = q.shape
     Hkv, Sk, Dv = k.shape[1], k.shape[2], v.shape[3]
     spec = MaskSpec.parse(mask)
     if Sq != 1 or spec.kind not in ("causal", "sliding") or Hq % Hkv:
         raise ValueError(f"flash_decode takes one query and a causal/sliding mask, got Sq={Sq}, {mask}")
+    if k.shape[0] != B or v.shape[:3] != k.shape[:3] or k.shape[3] != D:
+        raise ValueError(f"flash_decode takes k [B, Hkv, Sk, D] and v [B, Hkv, Sk, Dv]; got {tuple(k.shape)}, "
+                         f"{tuple(v.shape)} for q {tuple(q.shape)}")
     scale = D**-0.5 if scale is None else scale
     window, sinks = (spec.args["window"], spec.args["sinks"]) if spec.kind == "sliding" else (0, 0)
-    lens = torch.full((B,), Sk, dtype=torch.int32, device=q.device) if kv_len is None else \
-        kv_len.to(device=q.device, dtype=torch.int32).reshape(-1).expand(B).contiguous()
+    lens = valid_lens(kv_len, B, Sk, q.device)
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
-    group = Hq // Hkv
-    block_n = block_n or default_block_n(D)
+    group, cfg = Hq // Hkv, config(D)
+    block_n = block_n or cfg["block_n"]
     span = min(Sk, window) if spec.kind == "sliding" else Sk
     splits = splits or num_splits(B * Hkv, span, block_n, q.device)
     mid_o = torch.empty(B, Hq, splits, Dv, dtype=torch.float32, device=q.device)
     mid_lse = torch.empty(B, Hq, splits, dtype=torch.float32, device=q.device)
-    o = q.new_empty(B, Hq, 1, Dv)
-    check_device(_decode_split, q)
-    block_dv = max(16, triton.next_power_of_2(Dv))
-    _decode_split[(splits, B * Hkv)](
+    check_device(decode_split, q)
+    launcher(decode_split)[(splits, B * Hkv)](
         q, k, v, lens, mid_o, mid_lse, q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), Hkv, group, splits, window, sinks, scale * LOG2E,
-        SLIDING=spec.kind == "sliding", BLOCK_G=max(16, triton.next_power_of_2(group)), BLOCK_N=block_n, D=D, DV=Dv,
-        BLOCK_D=max(16, triton.next_power_of_2(D)), BLOCK_DV=block_dv,
-        PREC=dot_precision(q.dtype),
-        UPCAST=is_interpreted(_decode_split) and q.dtype == torch.bfloat16,
-        num_warps=num_warps, num_stages=num_stages)
-    _decode_merge[(B * Hq,)](mid_o, mid_lse, o, splits, o.stride(0), o.stride(1), Hq,
-                                 BLOCK_S=max(2, triton.next_power_of_2(splits)), DV=Dv, BLOCK_DV=block_dv,
-                                 num_warps=4)
+        SLIDING=spec.kind == "sliding", BLOCK_G=pow2(group), BLOCK_N=block_n, D=D, DV=Dv,
+        BLOCK_D=pow2(D), BLOCK_DV=pow2(Dv), PREC=dot_precision(q.dtype), UPCAST=upcast(decode_split, q.dtype),
+        num_warps=num_warps or cfg["num_warps"], num_stages=num_stages or cfg["num_stages"])
+    return merge_splits(mid_o, mid_lse, q.new_empty(B, Hq, 1, Dv))
+
+
+def merge_splits(mid_o, mid_lse, o):
+    """The one launcher of :func:`decode_merge`: partials [B, H, S, DV] and their lse [B, H, S] into o [B, H, 1, DV]."""
+    B, H, splits, Dv = mid_o.shape
+    if mid_lse.shape != mid_o.shape[:3] or o.shape != (B, H, 1, Dv):
+        raise ValueError(f"merge_splits takes [B, H, S, DV], [B, H, S] and [B, H, 1, DV]; got "
+                         f"{tuple(mid_o.shape)}, {tuple(mid_lse.shape)}, {tuple(o.shape)}")
+    launcher(decode_merge)[(B * H,)](mid_o, mid_lse, o, splits, o.stride(0), o.stride(1), H,
+                                     BLOCK_S=max(2, triton.next_power_of_2(splits)), DV=Dv, BLOCK_DV=pow2(Dv),
+                                     num_warps=4)
     return o

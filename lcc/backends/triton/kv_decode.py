@@ -14,12 +14,11 @@ import torch
 import triton
 import triton.language as tl
 
-from lcc.backends.triton.decode import _sm_count
-from lcc.backends.triton.interpret import check_device
+from lcc.backends.triton.decode import merge_splits, sm_count, split_program, store_partial
+from lcc.backends.triton.interpret import check_device, dot_precision, launcher
+from lcc.backends.triton.online_softmax import LOG2E, softmax_update
 from lcc.ops.kv_cache import KVQuantFormat
 from lcc.ops.masks import MaskSpec
-
-LOG2E = 1.4426950408889634
 
 
 @triton.jit
@@ -62,32 +61,24 @@ def _dequant(C, S, Z, offs_n, ok_n, stride_cn, stride_sn, D: tl.constexpr, G: tl
 
 
 @triton.jit
-def _softmax_step(q, k, v, ok, m_i, l_i, acc, qk_scale, PREC: tl.constexpr):
+def attend_tile(q, k, v, ok, m_i, l_i, acc, qk_scale, PREC: tl.constexpr):
     """One online-softmax update with keys k / values v [BLOCK_N, D] where ``ok``."""
     qk = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
     qk = tl.where(ok[None, :], qk, float("-inf"))
-    m_ij = tl.maximum(m_i, tl.max(qk, 1))
-    m_safe = tl.where(m_ij == float("-inf"), 0.0, m_ij)
-    p = tl.math.exp2(qk - m_safe[:, None])
-    alpha = tl.math.exp2(m_i - m_safe)
-    l_i = l_i * alpha + tl.sum(p, 1)
-    acc = tl.dot(p, v, acc * alpha[:, None], input_precision=PREC)
-    return m_ij, l_i, acc
+    return softmax_update(qk, v, m_i, l_i, acc, PREC)
 
 
 @triton.jit
-def _kvq_split(Q, KC, KS, KZ, KR, VC, VS, VZ, VR, KV_LEN, MID_O, MID_LSE,
-               stride_qb, stride_qh, stride_cb, stride_ch, stride_cn, stride_ksb, stride_ksh, stride_ksn,
-               stride_vsb, stride_vsh, stride_vsn, stride_rb, stride_rh, stride_rn,
-               HKV, GROUP, SPLITS, window, sinks, qk_scale,
-               RESIDUAL: tl.constexpr, TOKEN_BLOCK: tl.constexpr, RING: tl.constexpr, SLIDING: tl.constexpr,
-               BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr, G: tl.constexpr,
-               PACK: tl.constexpr, FP8: tl.constexpr, K_PER_CHANNEL: tl.constexpr, FP8_NATIVE: tl.constexpr,
-               PREC: tl.constexpr):
-    split = tl.program_id(0)
-    pid = tl.program_id(1)
-    b = pid // HKV
-    hk = pid % HKV
+def kvq_split(Q, KC, KS, KZ, KR, VC, VS, VZ, VR, KV_LEN, MID_O, MID_LSE,
+              stride_qb, stride_qh, stride_cb, stride_ch, stride_cn, stride_ksb, stride_ksh, stride_ksn,
+              stride_vsb, stride_vsh, stride_vsn, stride_rb, stride_rh, stride_rn,
+              HKV, GROUP, SPLITS, window, sinks, qk_scale,
+              RESIDUAL: tl.constexpr, TOKEN_BLOCK: tl.constexpr, RING: tl.constexpr, SLIDING: tl.constexpr,
+              BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr, G: tl.constexpr,
+              PACK: tl.constexpr, FP8: tl.constexpr, K_PER_CHANNEL: tl.constexpr, FP8_NATIVE: tl.constexpr,
+              PREC: tl.constexpr):
+    tl.static_assert(D % PACK == 0)
+    split, b, hk = split_program(HKV)
     offs_g = tl.arange(0, BLOCK_G)
     offs_d = tl.arange(0, D)
     heads = hk * GROUP + offs_g
@@ -119,7 +110,7 @@ def _kvq_split(Q, KC, KS, KZ, KR, VC, VS, VZ, VR, KV_LEN, MID_O, MID_LSE,
                              D, G, BLOCK_N, PACK, FP8, K_PER_CHANNEL, FP8_NATIVE)
                 v = _dequant(VC + c_off, VS + vs_off, VZ + vs_off, offs_n, ok, stride_cn, stride_vsn,
                              D, G, BLOCK_N, PACK, FP8, False, FP8_NATIVE)
-                m_i, l_i, acc = _softmax_step(q, k, v, ok, m_i, l_i, acc, qk_scale, PREC)
+                m_i, l_i, acc = attend_tile(q, k, v, ok, m_i, l_i, acc, qk_scale, PREC)
     for s0 in range(start, end, BLOCK_N):
         offs_n = s0 + tl.arange(0, BLOCK_N)
         ok = offs_n < end
@@ -127,7 +118,7 @@ def _kvq_split(Q, KC, KS, KZ, KR, VC, VS, VZ, VR, KV_LEN, MID_O, MID_LSE,
                      D, G, BLOCK_N, PACK, FP8, K_PER_CHANNEL, FP8_NATIVE)
         v = _dequant(VC + c_off, VS + vs_off, VZ + vs_off, offs_n, ok, stride_cn, stride_vsn,
                      D, G, BLOCK_N, PACK, FP8, False, FP8_NATIVE)
-        m_i, l_i, acc = _softmax_step(q, k, v, ok, m_i, l_i, acc, qk_scale, PREC)
+        m_i, l_i, acc = attend_tile(q, k, v, ok, m_i, l_i, acc, qk_scale, PREC)
     if split == SPLITS - 1:  # the fp16 ring: slot s holds token nq + (s - nq) mod RING
         for s0 in range(0, RING, BLOCK_N):
             slots = s0 + tl.arange(0, BLOCK_N)
@@ -138,44 +129,33 @@ def _kvq_split(Q, KC, KS, KZ, KR, VC, VS, VZ, VR, KV_LEN, MID_O, MID_LSE,
             ptr = r_off + slots[:, None].to(tl.int64) * stride_rn + offs_d[None, :]
             k = tl.load(KR + ptr, mask=ok[:, None], other=0.0).to(tl.float32)
             v = tl.load(VR + ptr, mask=ok[:, None], other=0.0).to(tl.float32)
-            m_i, l_i, acc = _softmax_step(q, k, v, ok, m_i, l_i, acc, qk_scale, PREC)
+            m_i, l_i, acc = attend_tile(q, k, v, ok, m_i, l_i, acc, qk_scale, PREC)
 
     row = (b * HKV * GROUP + heads) * SPLITS + split
-    out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
-    lse = tl.where(l_i == 0.0, float("-inf"), m_i + tl.math.log2(tl.where(l_i == 0.0, 1.0, l_i)))
-    tl.store(MID_O + row[:, None] * D + offs_d[None, :], out, mask=offs_g[:, None] < GROUP)
-    tl.store(MID_LSE + row, lse, mask=offs_g < GROUP)
+    store_partial(MID_O, MID_LSE, row, offs_g < GROUP, offs_d, m_i, l_i, acc, D)
 
 
-@triton.jit
-def _kvq_merge(MID_O, MID_LSE, O, SPLITS, stride_ob, stride_oh, H, BLOCK_S: tl.constexpr, D: tl.constexpr):
-    """out = sum_s 2^(lse_s - M) o_s / sum_s 2^(lse_s - M): the softmax over all splits."""
-    pid = tl.program_id(0)
-    offs_s = tl.arange(0, BLOCK_S)
-    offs_d = tl.arange(0, D)
-    lse = tl.load(MID_LSE + pid * SPLITS + offs_s, mask=offs_s < SPLITS, other=float("-inf"))
-    o = tl.load(MID_O + (pid * SPLITS + offs_s)[:, None] * D + offs_d[None, :], mask=offs_s[:, None] < SPLITS,
-                other=0.0)
-    m = tl.max(lse, 0)
-    m = tl.where(m == float("-inf"), 0.0, m)
-    w = tl.math.exp2(lse - m)
-    denom = tl.sum(w, 0)
-    out = tl.sum(w[:, None] * o, 0) / tl.where(denom == 0.0, 1.0, denom)
-    b = pid // H
-    h = pid % H
-    tl.store(O + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + offs_d, out.to(O.dtype.element_ty))
-
-
-KERNELS = (_kvq_split, _kvq_merge)
+KERNELS = (kvq_split,)
 
 
 def kernel_constexprs(fmt: KVQuantFormat, head_dim: int, group: int, sliding: bool, block_n: int = 64,
                       dtype=torch.float32, fp8_native: bool = True) -> dict:
-    """The compile-time parameters of ``_kvq_split`` for a format (shared by the launcher and AOT)."""
+    """The compile-time parameters of ``kvq_split`` for a format (shared by the launcher and AOT)."""
     return dict(RESIDUAL=fmt.residual, TOKEN_BLOCK=fmt.block, RING=fmt.ring, SLIDING=sliding,
                 BLOCK_G=max(16, triton.next_power_of_2(group)), BLOCK_N=block_n, D=head_dim, G=fmt.group,
                 PACK=fmt.pack, FP8=fmt.kind == "fp8", K_PER_CHANNEL=fmt.keys == "channel", FP8_NATIVE=fp8_native,
-                PREC="ieee" if dtype == torch.float32 else "tf32")
+                PREC=dot_precision(dtype))
+
+
+def config() -> dict:
+    """Key tile and launch shape of :func:`kvq_split` (the split count is :func:`num_splits`'s)."""
+    return dict(block_n=64, num_warps=2, num_stages=3)
+
+
+def num_splits(batch_kv_heads: int, cached: int, block_n: int, device) -> int:
+    """About 8 programs per SM (swept on an H100 with bench/kv.py's shapes: 2-3x over 128 programs in all)."""
+    sms = sm_count(device.index) if device.type == "cuda" else 4
+    return max(1, min(triton.cdiv(cached, 2 * block_n), triton.cdiv(8 * sms, batch_kv_heads), 512))
 
 
 def fp8_native(device) -> bool:
@@ -183,9 +163,12 @@ def fp8_native(device) -> bool:
     return device.type != "cuda" or torch.cuda.get_device_capability(device) >= (8, 9)
 
 
-def kvq_decode(q, k_parts, v_parts, kv_len, scale, mask="causal", fmt="int4", splits=0, block_n=0, num_warps=2,
+def kvq_decode(q, k_parts, v_parts, kv_len, scale, mask="causal", fmt="int4", splits=0, block_n=0, num_warps=0,
                native_fp8=None):
-    """``lcc.attention_kvq`` for one query token per sequence (decode) with a causal or sliding mask."""
+    """``lcc.attention_kvq`` for one query token per sequence (decode) with a causal or sliding mask.
+
+    The one launcher of :func:`kvq_split` (host side: torch ops on shapes; ``wrap_triton`` when compiled).
+    """
     f = KVQuantFormat.parse(fmt) if isinstance(fmt, str) else fmt
     B, Hq, Sq, D = q.shape
     kc, ks, kz, kr = k_parts if f.kind == "int" else (k_parts[0], k_parts[1], k_parts[1], k_parts[2])
@@ -201,25 +184,21 @@ def kvq_decode(q, k_parts, v_parts, kv_len, scale, mask="causal", fmt="int4", sp
     if kc.dtype == torch.float8_e4m3fn:
         kc, vc = kc.view(torch.uint8), vc.view(torch.uint8)
     q = q if q.stride(-1) == 1 else q.contiguous()
-    group = Hq // Hkv
-    block_n = block_n or 64
-    # about 8 programs per SM (swept on an H100 with bench/kv.py's shapes: 2-3x over 128 programs in all)
-    sms = _sm_count(q.device.index) if q.device.type == "cuda" else 4
-    splits = splits or max(1, min(triton.cdiv(C, 2 * block_n), triton.cdiv(8 * sms, B * Hkv), 512))
+    group, cfg = Hq // Hkv, config()
+    block_n = block_n or cfg["block_n"]
+    splits = splits or num_splits(B * Hkv, C, block_n, q.device)
     mid_o = torch.empty(B, Hq, splits, D, dtype=torch.float32, device=q.device)
     mid_lse = torch.empty(B, Hq, splits, dtype=torch.float32, device=q.device)
-    o = q.new_empty(B, Hq, 1, D)
-    check_device(_kvq_split, q)
-    _kvq_split[(splits, B * Hkv)](
+    check_device(kvq_split, q)
+    launcher(kvq_split)[(splits, B * Hkv)](
         q, kc, ks, kz, kr, vc, vs, vz, vr, lens, mid_o, mid_lse,
         q.stride(0), q.stride(1), kc.stride(0), kc.stride(1), kc.stride(2), ks.stride(0), ks.stride(1), ks.stride(2),
         vs.stride(0), vs.stride(1), vs.stride(2), kr.stride(0), kr.stride(1), kr.stride(2),
         Hkv, group, splits, window, sinks, scale * LOG2E,
         **kernel_constexprs(f, D, group, spec.kind == "sliding", block_n, q.dtype,
-                            fp8_native(q.device) if native_fp8 is None else native_fp8), num_warps=num_warps)
-    _kvq_merge[(B * Hq,)](mid_o, mid_lse, o, splits, o.stride(0), o.stride(1), Hq,
-                          BLOCK_S=max(2, triton.next_power_of_2(splits)), D=D, num_warps=4)
-    return o
+                            fp8_native(q.device) if native_fp8 is None else native_fp8),
+        num_warps=num_warps or cfg["num_warps"], num_stages=cfg["num_stages"])
+    return merge_splits(mid_o, mid_lse, q.new_empty(B, Hq, 1, D))
 
 
 def _kvq_impl(q, k_parts, v_parts, kv_len, scale, mask, fmt):
@@ -228,11 +207,11 @@ def _kvq_impl(q, k_parts, v_parts, kv_len, scale, mask, fmt):
 
 def register() -> None:
     """Make the kernel ``lcc.attention_kvq``'s implementation on CUDA and its ``triton`` lowering."""
+    from lcc.backends.triton.register import kernel_only
     from lcc.ops import registry
-    from lcc.ops.kv_cache import IMPLEMENTATIONS
 
-    IMPLEMENTATIONS[("auto", "cuda")] = _kvq_impl
-    registry.register_lowering("attention_kvq", "triton", _kvq_impl)
+    registry.register_impl("attention_kvq", registry.Impl("auto", "cuda", _kvq_impl, source=__name__))
+    registry.register_lowering("attention_kvq", "triton", kernel_only("Triton split-K decode over the quantized cache"))
 
 
 AOT_FORMATS = ("int4:group=32,keys=channel,residual=128", "int2:group=32,keys=channel,residual=128",
@@ -241,22 +220,19 @@ AOT_FORMATS = ("int4:group=32,keys=channel,residual=128", "int2:group=32,keys=ch
 
 def aot_variants(arch: int, quick: bool = False):
     """(name, kernel, signature, constexprs, options) to compile ahead of time for sm_<arch>."""
-    out = []
+    out, cfg = [], config()  # the splits are merged by decode's merge kernel, compiled with decode's variants
     shapes = ((64, False), (128, True))
     for fmt in AOT_FORMATS[1::2] if quick else AOT_FORMATS:
         f = KVQuantFormat.parse(fmt)
         for head_dim, sliding in shapes[f.kind == "fp8":][:1] if quick else shapes:
-            cx = kernel_constexprs(f, head_dim, 3, sliding, fp8_native=arch >= 89)
-            sig = {a: "i32" for a in _kvq_split.arg_names if a not in cx}
+            cx = kernel_constexprs(f, head_dim, 3, sliding, cfg["block_n"], fp8_native=arch >= 89)
+            sig = {a: "i32" for a in kvq_split.arg_names if a not in cx}
             sig.update({"Q": "*fp32", "KC": "*u8", "VC": "*u8", "KS": "*fp16", "KZ": "*fp16", "KR": "*fp16",
                         "VS": "*fp16", "VZ": "*fp16", "VR": "*fp16", "KV_LEN": "*i32", "MID_O": "*fp32",
                         "MID_LSE": "*fp32", "qk_scale": "fp32"})
             sig.update({a: "constexpr" for a in cx})
-            out.append((f"kvq_split[{f},d={head_dim},{'sliding' if sliding else 'causal'}]", _kvq_split, sig, cx,
-                        dict(num_warps=4, num_stages=2)))
-    merge_sig = {"MID_O": "*fp32", "MID_LSE": "*fp32", "O": "*fp32", "SPLITS": "i32", "stride_ob": "i32",
-                 "stride_oh": "i32", "H": "i32", "BLOCK_S": "constexpr", "D": "constexpr"}
-    out.append(("kvq_merge[d=64]", _kvq_merge, merge_sig, dict(BLOCK_S=64, D=64), dict(num_warps=4)))
+            out.append((f"kvq_split[{f},d={head_dim},{'sliding' if sliding else 'causal'}]", kvq_split, sig, cx,
+                        dict(num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])))
     return out
 
 

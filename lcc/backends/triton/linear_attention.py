@@ -13,15 +13,16 @@ import torch
 import triton
 import triton.language as tl
 
-from lcc.backends.triton.interpret import check_device
+from lcc.backends.triton.interpret import check_device, dot_precision, launcher, pow2
 from lcc.ops.linear_attention import features
 
 
 @triton.jit
-def _linear_attn_fwd(PQ, PK, V, O, stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks,
-                     stride_vb, stride_vh, stride_vs, stride_ob, stride_oh, stride_os,
-                     H, GROUP, S, eps, F: tl.constexpr, DV: tl.constexpr, CHUNK: tl.constexpr,
-                     BLOCK_F: tl.constexpr, BLOCK_DV: tl.constexpr, PREC: tl.constexpr):
+def linear_attn_fwd(PQ, PK, V, O, stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks,
+                    stride_vb, stride_vh, stride_vs, stride_ob, stride_oh, stride_os,
+                    H, GROUP, S, eps, F: tl.constexpr, DV: tl.constexpr, CHUNK: tl.constexpr,
+                    BLOCK_F: tl.constexpr, BLOCK_DV: tl.constexpr, PREC: tl.constexpr):
+    tl.static_assert(BLOCK_F >= F)
     pid = tl.program_id(0)
     b = pid // H
     h = pid % H
@@ -57,18 +58,18 @@ def _linear_attn_fwd(PQ, PK, V, O, stride_qb, stride_qh, stride_qs, stride_kb, s
         z = z + tl.sum(phi_k, 0)
 
 
-KERNELS = (_linear_attn_fwd,)
+KERNELS = (linear_attn_fwd,)
 
 
 def config(num_features: int, dv: int) -> dict:
-    """Chunk length and tile sizes: the fp32 state [BLOCK_F, BLOCK_DV] stays in registers."""
-    block_f = max(16, triton.next_power_of_2(num_features))
-    return dict(BLOCK_F=block_f, CHUNK=64 if block_f <= 128 else 32,
-                BLOCK_DV=min(64 if block_f <= 128 else 32, max(16, triton.next_power_of_2(dv))))
+    """Chunk length, tile sizes and launch shape: the fp32 state [block_f, block_dv] stays in registers."""
+    block_f = pow2(num_features)
+    return dict(block_f=block_f, chunk=64 if block_f <= 128 else 32,
+                block_dv=min(64 if block_f <= 128 else 32, pow2(dv)), num_warps=4, num_stages=2)
 
 
 def linear_attention(q, k, v, feature_map="elu", projection=None, eps=1e-6, chunk=0, block_dv=0):
-    """``lcc.linear_attention`` by the chunked Triton kernel (CUDA compiled, CPU interpreted)."""
+    """``lcc.linear_attention`` by the chunked Triton kernel (CUDA compiled, CPU interpreted); its one launcher."""
     B, Hq, S, D = q.shape
     Hkv, Dv = k.shape[1], v.shape[3]
     if Hq % Hkv or k.shape[2] != S:
@@ -78,13 +79,13 @@ def linear_attention(q, k, v, feature_map="elu", projection=None, eps=1e-6, chun
     v = v if v.stride(-1) == 1 else v.contiguous()
     F = phi_q.shape[-1]
     cfg = config(F, Dv)
-    chunk, block_dv = chunk or cfg["CHUNK"], block_dv or cfg["BLOCK_DV"]
+    chunk, block_dv = chunk or cfg["chunk"], block_dv or cfg["block_dv"]
     o = q.new_empty(B, Hq, S, Dv)
-    check_device(_linear_attn_fwd, q)
-    _linear_attn_fwd[(B * Hq, triton.cdiv(Dv, block_dv))](
+    check_device(linear_attn_fwd, q)
+    launcher(linear_attn_fwd)[(B * Hq, triton.cdiv(Dv, block_dv))](
         phi_q, phi_k, v, o, phi_q.stride(0), phi_q.stride(1), phi_q.stride(2),
         phi_k.stride(0), phi_k.stride(1), phi_k.stride(2), v.stride(0), v.stride(1), v.stride(2),
         o.stride(0), o.stride(1), o.stride(2), Hq, Hq // Hkv, S, eps,
-        F=F, DV=Dv, CHUNK=chunk, BLOCK_F=cfg["BLOCK_F"], BLOCK_DV=block_dv,
-        PREC="ieee" if q.dtype == torch.float32 else "tf32", num_warps=4, num_stages=2)
+        F=F, DV=Dv, CHUNK=chunk, BLOCK_F=cfg["block_f"], BLOCK_DV=block_dv,
+        PREC=dot_precision(q.dtype), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     return o

@@ -1,23 +1,28 @@
-"""The mask predicates of :mod:`lcc.ops.sparse_masks`, compiled into Triton.
+"""The mask kinds' portable predicates as Triton functions, handed to kernels as a ``tl.constexpr``.
 
-Each portable predicate is re-bound to globals that see ``triton.language`` and wrapped
-with ``triton.jit``: the kernel evaluates the *same function* the reference does.
-``allowed`` dispatches on a constexpr mask id; a mask's integer parameters travel as
-runtime scalars ``p0..p3`` (see :func:`mask_launch_args`).
+Each kind's predicate (:mod:`lcc.ops.masks`) is re-bound to globals that see
+``triton.language`` and wrapped with ``triton.jit``: the kernel evaluates the *same function*
+the reference does.  A generated ``mask_<kind>(q, kv, p0, p1, p2, p3)`` adapts it to the
+kernel's four runtime integer slots, and the flash kernel receives that function itself as its
+``MASK`` constexpr (Triton specialises a kernel on a JITFunction argument and inlines the call),
+so no mask ids or dispatch lists exist here: a kind registered anywhere, a test file included,
+runs in the interpreter and compiles ahead of time exactly like the built-in ones.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
+import linecache
+import re
 import types
 
 import triton
 import triton.language as tl
 
-from lcc.ops import sparse_masks
-from lcc.ops.masks import MaskSpec
+from lcc.ops.masks import MaskSpec, mask_kinds
 
-MASK_IDS = {"full": 0, "causal": 1, "sliding": 2, "block-local": 3, "strided": 4, "fixed": 5,
-            "dilated": 6, "global-local": 7}
+N_PARAMS = 4  # runtime integer parameters p0..p3 every kernel predicate takes
 
 
 def _jit(fn):
@@ -25,42 +30,37 @@ def _jit(fn):
     return triton.jit(types.FunctionType(fn.__code__, scope, fn.__name__, fn.__defaults__, fn.__closure__))
 
 
-_full = _jit(sparse_masks.full_mod)
-_causal = _jit(sparse_masks.causal_mod)
-_sliding = _jit(sparse_masks.sliding_mod)
-_block_local = _jit(sparse_masks.block_local_mod)
-_strided = _jit(sparse_masks.strided_mod)
-_fixed = _jit(sparse_masks.fixed_mod)
-_dilated = _jit(sparse_masks.dilated_mod)
-_global_local = _jit(sparse_masks.global_local_mod)
+@functools.lru_cache(maxsize=None)
+def _predicate(name: str, mod) -> triton.runtime.JITFunction:
+    n_args = len(inspect.signature(mod).parameters) - 2
+    if n_args > N_PARAMS:
+        raise NotImplementedError(f"mask kind {name!r}: its predicate takes {n_args} parameters, kernels {N_PARAMS}")
+    fname = "mask_" + re.sub(r"\W", "_", name)
+    params = ", ".join(f"p{i}" for i in range(N_PARAMS))
+    call = ", ".join(["q", "kv"] + [f"p{i}" for i in range(n_args)])
+    src = f"def {fname}(q, kv, {params}):\n    return PRED({call})\n"
+    filename = f"<lcc mask {name}>"  # the source Triton reads back with inspect.getsource
+    linecache.cache[filename] = (len(src), None, src.splitlines(True), filename)
+    scope = {"PRED": _jit(mod), "tl": tl, "triton": triton, "__name__": __name__}
+    exec(compile(src, filename, "exec"), scope)
+    return triton.jit(scope[fname])
 
 
-@triton.jit
-def allowed(q, kv, MASK: tl.constexpr, p0, p1, p2, p3):
-    """The mask predicate ``MASK`` on broadcast position tensors q [M, 1] and kv [1, N]."""
-    if MASK == 0:
-        a = _full(q, kv)
-    elif MASK == 1:
-        a = _causal(q, kv)
-    elif MASK == 2:
-        a = _sliding(q, kv, p0, p1)
-    elif MASK == 3:
-        a = _block_local(q, kv, p0, p1)
-    elif MASK == 4:
-        a = _strided(q, kv, p0, p1)
-    elif MASK == 5:
-        a = _fixed(q, kv, p0, p1, p2)
-    elif MASK == 6:
-        a = _dilated(q, kv, p0, p1, p2, p3)
-    else:
-        a = _global_local(q, kv, p0, p1, p2, p3)
-    return a
+def kernel_predicate(kind: str) -> triton.runtime.JITFunction:
+    """The jitted ``mask_<kind>(q, kv, p0, p1, p2, p3)`` for a registered, portable mask kind."""
+    record = mask_kinds()[kind]
+    if not record.portable:
+        raise NotImplementedError(f"no Triton predicate for mask kind {kind!r}: its predicate is not portable")
+    return _predicate(record.name, record.mod)
 
 
-def mask_launch_args(mask: str) -> tuple[int, tuple[int, int, int, int]]:
-    """(constexpr mask id, four runtime integer parameters, zero-padded) for a mask spec."""
+def kernel_predicates() -> dict[str, triton.runtime.JITFunction]:
+    """Every portable mask kind's kernel predicate (the AOT matrix compiles each)."""
+    return {name: kernel_predicate(name) for name, kind in mask_kinds().items() if kind.portable}
+
+
+def mask_launch_args(mask: str) -> tuple[triton.runtime.JITFunction, tuple[int, ...]]:
+    """(the constexpr predicate, four runtime integer parameters, zero-padded) for a mask spec."""
     spec = MaskSpec.parse(mask)
-    if spec.kind not in MASK_IDS:
-        raise NotImplementedError(f"no Triton predicate for mask kind {spec.kind!r}")
-    _, args = sparse_masks.kernel_mod(spec)
-    return MASK_IDS[spec.kind], tuple(args) + (0,) * (4 - len(args))
+    args = spec.kernel_args
+    return kernel_predicate(spec.kind), args + (0,) * (N_PARAMS - len(args))

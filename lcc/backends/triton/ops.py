@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import torch
 import triton
-from torch.library import triton_op, wrap_triton
+from torch.library import triton_op
 
-from lcc.backends.triton.attention import LOG2E, _attn_fwd
 from lcc.backends.triton.attention import config as flash_config
-from lcc.backends.triton.decode import _decode_merge, _decode_split, default_block_n, num_splits
-from lcc.backends.triton.interpret import is_interpreted
-from lcc.backends.triton.mask_mods import mask_launch_args
+from lcc.backends.triton.attention import flash_launch
+from lcc.backends.triton.decode import flash_decode
+from lcc.backends.triton.interpret import valid_lens
+from lcc.ops import registry
 from lcc.ops.attention import attention_reference
 from lcc.ops.masks import MaskSpec
 from lcc.ops.rope import rope_reference
@@ -68,63 +68,12 @@ def key_block_lists(mask: str, q_len, k_len, lens: torch.Tensor, block_m: int, b
     return row_ptr.int(), n_full.int(), cols.int()
 
 
-def _valid_lens(kv_len, batch: int, k_len, device) -> torch.Tensor:
-    if kv_len is None:
-        return torch.full((batch,), k_len, dtype=torch.int32, device=device)
-    return kv_len.to(device=device, dtype=torch.int32).reshape(-1).expand(batch).contiguous()
-
-
 def flash_prefill(q, k, v, kv_len, scale: float, mask: str) -> torch.Tensor:
-    """The flash kernel over key-block lists built on the device (traceable launcher)."""
-    B, Hq, Sq, D = q.shape
-    Hkv, Sk, Dv = k.shape[1], k.shape[2], v.shape[3]
-    cfg = flash_config(D, q.dtype, 1 << 30)  # the sequence length may be symbolic: full-size blocks
-    bm, bn = cfg["block_m"], cfg["block_n"]
-    lens = _valid_lens(kv_len, B, Sk, q.device)
-    row_ptr, n_full, cols = key_block_lists(mask, Sq, Sk, lens, bm, bn)
-    mask_id, params = mask_launch_args(mask)
-    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
-    o = q.new_empty(B, Hq, Sq, Dv)
-    launch = _attn_fwd if is_interpreted(_attn_fwd) else wrap_triton(_attn_fwd)
-    launch[(triton.cdiv(Sq, bm), B * Hq)](
-        q, k, v, o, lens, row_ptr, n_full, cols,
-        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2),
-        Hq, Hq // Hkv, Sq, triton.cdiv(Sq, bm), scale * LOG2E, *params,
-        MASK=mask_id, BLOCK_M=bm, BLOCK_N=bn, D=D, DV=Dv,
-        BLOCK_D=max(16, triton.next_power_of_2(D)), BLOCK_DV=max(16, triton.next_power_of_2(Dv)),
-        PREC="ieee" if q.dtype == torch.float32 else "tf32",
-        UPCAST=is_interpreted(_attn_fwd) and q.dtype == torch.bfloat16,
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
-    return o
-
-
-def flash_decode(q, k, v, kv_len, scale: float, mask: str) -> torch.Tensor:
-    """Split-K flash decoding for one query (traceable launcher of the decode kernels)."""
-    B, Hq, _, D = q.shape
-    Hkv, Sk, Dv = k.shape[1], k.shape[2], v.shape[3]
-    spec = MaskSpec.parse(mask)
-    window, sinks = (spec.args["window"], spec.args["sinks"]) if spec.kind == "sliding" else (0, 0)
-    lens = _valid_lens(kv_len, B, Sk, q.device)
-    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
-    group, block_n = Hq // Hkv, default_block_n(D)
-    splits = num_splits(B * Hkv, min(Sk, window) if spec.kind == "sliding" else Sk, block_n, q.device)
-    mid_o = torch.empty(B, Hq, splits, Dv, dtype=torch.float32, device=q.device)
-    mid_lse = torch.empty(B, Hq, splits, dtype=torch.float32, device=q.device)
-    o = q.new_empty(B, Hq, 1, Dv)
-    block_dv = max(16, triton.next_power_of_2(Dv))
-    split = _decode_split if is_interpreted(_decode_split) else wrap_triton(_decode_split)
-    split[(splits, B * Hkv)](
-        q, k, v, lens, mid_o, mid_lse, q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2), Hkv, group, splits, window, sinks, scale * LOG2E,
-        SLIDING=spec.kind == "sliding", BLOCK_G=max(16, triton.next_power_of_2(group)), BLOCK_N=block_n, D=D, DV=Dv,
-        BLOCK_D=max(16, triton.next_power_of_2(D)), BLOCK_DV=block_dv,
-        PREC="ieee" if q.dtype == torch.float32 else "tf32",
-        UPCAST=is_interpreted(_decode_split) and q.dtype == torch.bfloat16, num_warps=4, num_stages=2)
-    merge = _decode_merge if is_interpreted(_decode_merge) else wrap_triton(_decode_merge)
-    merge[(B * Hq,)](mid_o, mid_lse, o, splits, o.stride(0), o.stride(1), Hq,
-                     BLOCK_S=max(2, triton.next_power_of_2(splits)), DV=Dv, BLOCK_DV=block_dv, num_warps=4)
-    return o
+    """The flash kernel over key-block lists built on the device (the sequence length may be symbolic)."""
+    cfg = flash_config(q.shape[3], q.dtype, 1 << 30)  # full-size blocks: q_len may be symbolic
+    lens = valid_lens(kv_len, q.shape[0], k.shape[2], q.device)
+    blocks = key_block_lists(mask, q.shape[2], k.shape[2], lens, cfg["block_m"], cfg["block_n"])
+    return flash_launch(q, k, v, lens, (*blocks, triton.cdiv(q.shape[2], cfg["block_m"])), scale, mask, cfg)
 
 
 def attention_kernels(q, k, v, kv_len, scale: float, mask: str) -> torch.Tensor:
@@ -153,10 +102,22 @@ def rope(x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor, atten
     return rope_reference(x, positions, inv_freq, attention_scaling, variant)
 
 
-# lcc op -> (its triton_op, how the compiled program implements it)
-TRITON_OPS = {
-    torch.ops.lcc.attention.default: (torch.ops.lcc_triton.attention.default,
-                                      "triton_op: flash attention (block-skipping) / split-K flash decoding "
-                                      "on CUDA; reference on CPU"),
-    torch.ops.lcc.rope.default: (torch.ops.lcc_triton.rope.default, "triton_op: reference body, fused by Inductor"),
-}
+def _retarget_to(triton_op, how: str):
+    """A lowering's ``prepare``: point the lcc node at its triton_op (same schema) and say how it runs."""
+    def prepare(node, args, context=None) -> str:
+        node.target = triton_op
+        return how
+
+    return prepare
+
+
+def _lowering(triton_op, how: str) -> registry.Lowering:
+    return registry.Lowering(emit=triton_op, how=how, prepare=_retarget_to(triton_op, how))
+
+
+# each lcc op with a triton_op: the ``triton`` lowering that compiles it into the package
+registry.register_lowering("attention", "triton", _lowering(
+    torch.ops.lcc_triton.attention.default,
+    "triton_op: flash attention (block-skipping) / split-K flash decoding on CUDA; reference on CPU"))
+registry.register_lowering("rope", "triton", _lowering(
+    torch.ops.lcc_triton.rope.default, "triton_op: reference body, fused by Inductor"))

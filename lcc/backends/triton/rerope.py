@@ -22,7 +22,7 @@ tiles fall in three stages per query block:
 so only the BLOCK_M + BLOCK_N keys at the edge pay two products.  Decode (Sq = 1) has one
 position, so its keys split cleanly in two; it packs the GQA group's query heads into the
 rows of a program and splits the keys across programs (flash decoding), the partials
-merged by :func:`lcc.backends.triton.decode._decode_merge`.
+merged by :func:`lcc.backends.triton.decode.merge_splits`.
 """
 
 from __future__ import annotations
@@ -31,21 +31,20 @@ import torch
 import triton
 import triton.language as tl
 
-from lcc.backends.triton.decode import _decode_merge, num_splits
-from lcc.backends.triton.interpret import check_device, dot_precision, is_interpreted
+from lcc.backends.triton.decode import merge_splits, num_splits, split_program, store_partial
+from lcc.backends.triton.interpret import check_device, dot_precision, launcher, pow2, tile_config, upcast
+from lcc.backends.triton.online_softmax import LOG2E, normalize, row_program, softmax_update
 from lcc.ops import registry
 from lcc.ops.masks import MaskSpec
-from lcc.ops.rerope import IMPLEMENTATIONS, query_positions, rectified_positions, rerope_reference
+from lcc.ops.rerope import query_positions, rectified_positions, rerope_reference
 from lcc.ops.rope import rope_reference
-
-LOG2E = 1.4426950408889634
 
 
 @triton.jit
-def _attend(q_in, q_out, q_pos, ki_base, ko_base, v_base, ki_off, lo, hi, m_i, l_i, acc,
-            stride_kin, stride_kon, stride_vn, offs_d, offs_dv, window, attn_scale, qk_scale,
-            MODE: tl.constexpr, SCALE_K: tl.constexpr, R: tl.constexpr, D: tl.constexpr, DV: tl.constexpr,
-            BLOCK_N: tl.constexpr, PREC: tl.constexpr):
+def attend(q_in, q_out, q_pos, ki_base, ko_base, v_base, ki_off, lo, hi, m_i, l_i, acc,
+           stride_kin, stride_kon, stride_vn, offs_d, offs_dv, window, attn_scale, qk_scale,
+           MODE: tl.constexpr, SCALE_K: tl.constexpr, R: tl.constexpr, D: tl.constexpr, DV: tl.constexpr,
+           BLOCK_N: tl.constexpr, PREC: tl.constexpr):
     """Online-softmax update of (m_i, l_i, acc) with keys lo..hi-1.
 
     MODE 0: out-of-window score only; 1: both, selected per pair; 2: in-window score only.
@@ -77,31 +76,21 @@ def _attend(q_in, q_out, q_pos, ki_base, ko_base, v_base, ki_off, lo, hi, m_i, l
         if MODE != 0:  # the causal diagonal lies in these stages
             keep = keep & (offs_n[None, :] <= q_pos[:, None])
         qk = tl.where(keep, qk * qk_scale, float("-inf"))
-        m_ij = tl.maximum(m_i, tl.max(qk, 1))
-        m_ij = tl.where(m_ij == float("-inf"), 0.0, m_ij)  # a row with nothing kept yet
-        p = tl.math.exp2(qk - m_ij[:, None])
-        alpha = tl.math.exp2(m_i - m_ij)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PREC)
-        m_i = m_ij
+        m_i, l_i, acc = softmax_update(qk, v, m_i, l_i, acc, PREC)
     return m_i, l_i, acc
 
 
 @triton.jit
-def _rerope_fwd(QI, QO, KI, KO, V, O, KI_OFF, Q_POS, KV_LEN,
-                stride_qb, stride_qh, stride_qm, stride_kib, stride_kih, stride_kin,
-                stride_kob, stride_koh, stride_kon, stride_vb, stride_vh, stride_vn,
-                stride_ob, stride_oh, stride_om, stride_pb,
-                H, GROUP, SQ, window, attn_scale, qk_scale,
-                SCALE_K: tl.constexpr, R: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                D: tl.constexpr, DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-                PREC: tl.constexpr, UPCAST: tl.constexpr):
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // H
-    h = pid_bh % H
-    hk = h // GROUP
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+def rerope_fwd(QI, QO, KI, KO, V, O, KI_OFF, Q_POS, KV_LEN,
+               stride_qb, stride_qh, stride_qm, stride_kib, stride_kih, stride_kin,
+               stride_kob, stride_koh, stride_kon, stride_vb, stride_vh, stride_vn,
+               stride_ob, stride_oh, stride_om, stride_pb,
+               H, GROUP, SQ, window, attn_scale, qk_scale,
+               SCALE_K: tl.constexpr, R: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+               D: tl.constexpr, DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+               PREC: tl.constexpr, UPCAST: tl.constexpr):
+    tl.static_assert((BLOCK_D >= D) & (BLOCK_DV >= DV) & (R <= D))
+    offs_m, b, h, hk = row_program(H, GROUP, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
     row_ok = offs_m < SQ
@@ -127,32 +116,30 @@ def _rerope_fwd(QI, QO, KI, KO, V, O, KI_OFF, Q_POS, KV_LEN,
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
-    m_i, l_i, acc = _attend(q_in, q_out, q_pos, ki_base, ko_base, v_base, ki_off, 0, far, m_i, l_i, acc,
+    m_i, l_i, acc = attend(q_in, q_out, q_pos, ki_base, ko_base, v_base, ki_off, 0, far, m_i, l_i, acc,
                             stride_kin, stride_kon, stride_vn, offs_d, offs_dv, window, attn_scale, qk_scale,
                             0, SCALE_K, R, D, DV, BLOCK_N, PREC)
-    m_i, l_i, acc = _attend(q_in, q_out, q_pos, ki_base, ko_base, v_base, ki_off, far, mid, m_i, l_i, acc,
+    m_i, l_i, acc = attend(q_in, q_out, q_pos, ki_base, ko_base, v_base, ki_off, far, mid, m_i, l_i, acc,
                             stride_kin, stride_kon, stride_vn, offs_d, offs_dv, window, attn_scale, qk_scale,
                             1, SCALE_K, R, D, DV, BLOCK_N, PREC)
-    m_i, l_i, acc = _attend(q_in, q_out, q_pos, ki_base, ko_base, v_base, ki_off, mid, hi, m_i, l_i, acc,
+    m_i, l_i, acc = attend(q_in, q_out, q_pos, ki_base, ko_base, v_base, ki_off, mid, hi, m_i, l_i, acc,
                             stride_kin, stride_kon, stride_vn, offs_d, offs_dv, window, attn_scale, qk_scale,
                             2, SCALE_K, R, D, DV, BLOCK_N, PREC)
-    out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]  # rows that keep no key give 0, as the reference
+    out = normalize(acc, l_i)  # rows that keep no key give 0, as the reference
     o_base = O + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh
     tl.store(o_base + offs_m[:, None] * stride_om + offs_dv[None, :], out.to(O.dtype.element_ty),
              mask=row_ok[:, None] & (offs_dv[None, :] < DV))
 
 
 @triton.jit
-def _rerope_decode_split(QI, QO, KI, KO, V, KI_OFF, Q_POS, KV_LEN, MID_O, MID_LSE,
-                         stride_qb, stride_qh, stride_kib, stride_kih, stride_kin, stride_kob, stride_koh, stride_kon,
-                         stride_vb, stride_vh, stride_vn, stride_pb, HKV, GROUP, SPLITS, window, attn_scale, qk_scale,
-                         SCALE_K: tl.constexpr, R: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr,
-                         D: tl.constexpr, DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-                         PREC: tl.constexpr, UPCAST: tl.constexpr):
-    split = tl.program_id(0)
-    pid = tl.program_id(1)
-    b = pid // HKV
-    hk = pid % HKV
+def rerope_decode_split(QI, QO, KI, KO, V, KI_OFF, Q_POS, KV_LEN, MID_O, MID_LSE,
+                        stride_qb, stride_qh, stride_kib, stride_kih, stride_kin, stride_kob, stride_koh, stride_kon,
+                        stride_vb, stride_vh, stride_vn, stride_pb, HKV, GROUP, SPLITS, window, attn_scale, qk_scale,
+                        SCALE_K: tl.constexpr, R: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr,
+                        D: tl.constexpr, DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+                        PREC: tl.constexpr, UPCAST: tl.constexpr):
+    tl.static_assert((BLOCK_D >= D) & (BLOCK_DV >= DV) & (R <= D))
+    split, b, hk = split_program(HKV)
     offs_g = tl.arange(0, BLOCK_G)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
@@ -180,38 +167,22 @@ def _rerope_decode_split(QI, QO, KI, KO, V, KI_OFF, Q_POS, KV_LEN, MID_O, MID_LS
     m_i = tl.full([BLOCK_G], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_G], dtype=tl.float32)
     acc = tl.zeros([BLOCK_G, BLOCK_DV], dtype=tl.float32)
-    m_i, l_i, acc = _attend(q_in, q_out, q_pos, ki_base, ko_base, v_base, ki_off, start, far, m_i, l_i, acc,
+    m_i, l_i, acc = attend(q_in, q_out, q_pos, ki_base, ko_base, v_base, ki_off, start, far, m_i, l_i, acc,
                             stride_kin, stride_kon, stride_vn, offs_d, offs_dv, window, attn_scale, qk_scale,
                             0, SCALE_K, R, D, DV, BLOCK_N, PREC)
-    m_i, l_i, acc = _attend(q_in, q_out, q_pos, ki_base, ko_base, v_base, ki_off, far, end, m_i, l_i, acc,
+    m_i, l_i, acc = attend(q_in, q_out, q_pos, ki_base, ko_base, v_base, ki_off, far, end, m_i, l_i, acc,
                             stride_kin, stride_kon, stride_vn, offs_d, offs_dv, window, attn_scale, qk_scale,
                             2, SCALE_K, R, D, DV, BLOCK_N, PREC)
     row = (b * HKV * GROUP + heads) * SPLITS + split
-    out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
-    lse = tl.where(l_i == 0.0, float("-inf"), m_i + tl.math.log2(tl.where(l_i == 0.0, 1.0, l_i)))
-    tl.store(MID_O + row[:, None] * DV + offs_dv[None, :], out, mask=row_ok[:, None] & (offs_dv[None, :] < DV))
-    tl.store(MID_LSE + row, lse, mask=row_ok)
+    store_partial(MID_O, MID_LSE, row, row_ok, offs_dv, m_i, l_i, acc, DV)
 
 
-KERNELS = (_rerope_fwd, _rerope_decode_split)
+KERNELS = (rerope_fwd, rerope_decode_split)
 
 
 def config(head_dim: int, dtype: torch.dtype, q_len: int) -> dict:
     """Block sizes: a tile holds two q blocks (q rotated both ways), so BLOCK_M is half of plain flash's."""
-    if head_dim <= 64:
-        cfg = dict(block_m=64, block_n=64, num_warps=4, num_stages=3)
-    elif head_dim <= 128:
-        cfg = dict(block_m=64, block_n=64, num_warps=4, num_stages=2)
-    else:
-        cfg = dict(block_m=32, block_n=32, num_warps=4, num_stages=2)
-    if dtype == torch.float32:
-        cfg["block_n"] = max(16, cfg["block_n"] // 2)
-    cfg["block_m"] = max(16, min(cfg["block_m"], triton.next_power_of_2(q_len)))
-    return cfg
-
-
-def _p2(n: int) -> int:
-    return max(16, triton.next_power_of_2(n))
+    return tile_config(head_dim, dtype, q_len, {64: (64, 64, 4, 3), 128: (64, 64, 4, 2), None: (32, 32, 4, 2)})
 
 
 def rotate_inputs(q, k, q_pos, inv_freq, attention_scaling, window, leaky_factor, tail: bool):
@@ -259,28 +230,25 @@ def rerope_flash(q, k, v, positions=None, inv_freq=None, attention_scaling=1.0, 
     q_pos, lens = q_pos.to(torch.int32).contiguous(), n.reshape(B).to(torch.int32).contiguous()
     cfg = config(D, q.dtype, Sq)
     common = dict(SCALE_K=leaky_factor == 0.0 and attention_scaling != 1.0, R=2 * inv_freq.shape[0], D=D, DV=Dv,
-                  BLOCK_D=_p2(D), BLOCK_DV=_p2(Dv), PREC=dot_precision(q.dtype),
-                  UPCAST=is_interpreted(_rerope_fwd) and q.dtype == torch.bfloat16)
+                  BLOCK_D=pow2(D), BLOCK_DV=pow2(Dv), PREC=dot_precision(q.dtype),
+                  UPCAST=upcast(rerope_fwd, q.dtype))
     tensors = (q_in, q_out, k_in, k_out, v)
     strides = (q_in.stride(0), q_in.stride(1), *k_in.stride()[:3], *k_out.stride()[:3], *v.stride()[:3])
     scalars = (window, float(attention_scaling), scale * LOG2E)
-    check_device(_rerope_fwd, q)
+    check_device(rerope_fwd, q)
     if Sq == 1:
         block_n = block_n or cfg["block_n"]
         splits = splits or num_splits(B * Hkv, Sk, block_n, q.device)
         mid_o = torch.empty(B, Hq, splits, Dv, dtype=torch.float32, device=q.device)
         mid_lse = torch.empty(B, Hq, splits, dtype=torch.float32, device=q.device)
-        _rerope_decode_split[(splits, B * Hkv)](
+        launcher(rerope_decode_split)[(splits, B * Hkv)](
             *tensors, ki_off, q_pos, lens, mid_o, mid_lse, *strides, q_pos.stride(0), Hkv, Hq // Hkv, splits,
-            *scalars, BLOCK_G=_p2(Hq // Hkv), BLOCK_N=block_n, **common,
+            *scalars, BLOCK_G=pow2(Hq // Hkv), BLOCK_N=block_n, **common,
             num_warps=num_warps or 4, num_stages=num_stages or 2)
-        o = q.new_empty(B, Hq, 1, Dv)
-        _decode_merge[(B * Hq,)](mid_o, mid_lse, o, splits, o.stride(0), o.stride(1), Hq,
-                                 BLOCK_S=_p2(splits), DV=Dv, BLOCK_DV=_p2(Dv), num_warps=4)
-        return o
+        return merge_splits(mid_o, mid_lse, q.new_empty(B, Hq, 1, Dv))
     bm, bn = block_m or cfg["block_m"], block_n or cfg["block_n"]
     o = q.new_empty(B, Hq, Sq, Dv)
-    _rerope_fwd[(triton.cdiv(Sq, bm), B * Hq)](
+    launcher(rerope_fwd)[(triton.cdiv(Sq, bm), B * Hq)](
         *tensors, o, ki_off, q_pos, lens, strides[0], strides[1], q_in.stride(2), *strides[2:],
         o.stride(0), o.stride(1), o.stride(2), q_pos.stride(0), Hq, Hq // Hkv, Sq, *scalars,
         BLOCK_M=bm, BLOCK_N=bn, **common,
@@ -290,23 +258,23 @@ def rerope_flash(q, k, v, positions=None, inv_freq=None, attention_scaling=1.0, 
 
 def aot_variants(full: bool = False) -> list:
     """:class:`lcc.backends.triton.aot.Variant` s of both kernels at the launcher's block sizes."""
-    from lcc.backends.triton.aot import _TY, Variant
+    from lcc.backends.triton.aot import TRITON_TYPES, Variant
 
     out = []
-    for dtype in (list(_TY) if full else [torch.bfloat16]):
-        t = _TY[dtype]
+    for dtype in (list(TRITON_TYPES) if full else [torch.bfloat16]):
+        t = TRITON_TYPES[dtype]
         for d in ((64, 128, 256) if full else (128,)):
             cfg = config(d, dtype, 4096)
             for scale_k in (False, True):
                 name = f"[{t},d={d}{',scale_k' if scale_k else ''}]"
-                consts = dict(SCALE_K=scale_k, R=d, D=d, DV=d, BLOCK_D=_p2(d), BLOCK_DV=_p2(d),
-                              PREC="ieee" if dtype == torch.float32 else "tf32", UPCAST=False)
+                consts = dict(SCALE_K=scale_k, R=d, D=d, DV=d, BLOCK_D=pow2(d), BLOCK_DV=pow2(d),
+                              PREC=dot_precision(dtype), UPCAST=False)
                 ptrs = {"QI": t, "QO": t, "KI": t, "KO": t, "V": t, "KI_OFF": "i32", "Q_POS": "i32", "KV_LEN": "i32"}
-                out.append(Variant("rerope_fwd" + name, _rerope_fwd, {**ptrs, "O": t},
+                out.append(Variant("rerope_fwd" + name, rerope_fwd, {**ptrs, "O": t},
                                    dict(BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"], **consts),
                                    floats=("attn_scale", "qk_scale"),
                                    options=dict(num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])))
-                out.append(Variant("rerope_decode_split" + name, _rerope_decode_split,
+                out.append(Variant("rerope_decode_split" + name, rerope_decode_split,
                                    {**ptrs, "MID_O": "fp32", "MID_LSE": "fp32"},
                                    dict(BLOCK_G=16, BLOCK_N=cfg["block_n"], **consts),
                                    floats=("attn_scale", "qk_scale"), options=dict(num_warps=4, num_stages=2)))
@@ -321,7 +289,10 @@ def _impl(q, k, v, positions, inv_freq, attention_scaling, kv_len, scale, window
     return rerope_flash(q, k, v, positions, inv_freq, attention_scaling, kv_len, scale, window, leaky_factor)
 
 
-IMPLEMENTATIONS.update({("auto", "cuda"): _impl, ("flash", "cuda"): _impl})
-registry.register_lowering("rerope_attention", "triton", _impl)
+from lcc.backends.triton.register import kernel_only  # noqa: E402
+
+for _algo in ("auto", "flash"):
+    registry.register_impl("rerope_attention", registry.Impl(_algo, "cuda", _impl, source=__name__))
+registry.register_lowering("rerope_attention", "triton", kernel_only("fused ReRoPE Triton kernel on CUDA"))
 
 __all__ = ["rerope_flash", "rotate_inputs", "config", "aot_variants", "KERNELS"]

@@ -21,7 +21,7 @@ except ImportError as e:  # pragma: no cover - depends on the installation
 else:
     AVAILABLE, _WHY = True, None
 
-from lcc.backends import Lowered
+from lcc.backends import Lowered, check_dtype
 
 if AVAILABLE:
     from lcc.backends.tvm import register  # noqa: F401  (registers the tvm lowerings)
@@ -60,20 +60,34 @@ class TvmBackend:
             return list(self.targets)
         return ["llvm"] + ([CUDA_TARGET] if cuda_unavailable() is None else [])
 
-    def lower(self, program, out_dir, progress=None) -> Lowered:
-        manifest = lower(program, out_dir, target=self.default_targets(), progress=progress)
+    def lower(self, program, out_dir, *, target=None, dtype="float32", entries=None, progress=None) -> Lowered:
+        """Build ``entries`` (default prefill and decode) for ``target`` ("cpu" is ``llvm``; default: every
+        target of :meth:`default_targets`)."""
+        check_dtype(self.name, dtype)
+        targets = self.default_targets() if target is None else ["llvm" if target == "cpu" else target]
+        kwargs = {} if entries is None else {"entries": tuple(entries)}
+        manifest = lower(program, out_dir, target=targets, progress=progress, **kwargs)
         fallbacks = sorted({f["op"] for f in manifest["fallbacks"]})
         notes = [f"{f['entry']}: {f['node']} ({f['op']}) runs as its {f['as']} decomposition: {f['why']}"
                  for f in manifest["fallbacks"]]
         notes += manifest["notes"]
-        notes += [f"tvm {manifest['tvm_version']}; built for {', '.join(manifest['libraries'])}; "
-                  f"timings {manifest['timings']}"]
+        notes += [f"tvm {manifest['tvm_version']}; built for {', '.join(manifest['libraries'])}"]
         fatbins = [k["file"] for kernels in manifest["cuda_kernels"].values() for k in kernels]
         files = ["tvm.json", manifest["weights"], *manifest["libraries"].values(), *fatbins]
-        return Lowered(files, native=dict(manifest["native"]), fallbacks=fallbacks, notes=notes)
+        return Lowered(files, native=dict(manifest["native"]), fallbacks=fallbacks, notes=notes,
+                       timings=dict(manifest["timings"]))
 
     def load(self, out_dir, manifest: dict | None = None):
         return TvmProgram(out_dir)
+
+    def native_files(self, out_dir) -> list[str]:
+        """The libraries and CUDA fatbins ``tvm.json`` lists (native code)."""
+        from lcc.integrity import backend_manifest, listed
+
+        m = backend_manifest(out_dir, "tvm.json")
+        kernels = m.get("cuda_kernels", {})
+        fatbins = [k for ks in kernels.values() for k in ks] if isinstance(kernels, dict) else []
+        return listed(m, "libraries", "tvm.json", out_dir) + listed({"k": fatbins}, "k", "tvm.json", out_dir)
 
 
 BACKEND = TvmBackend()

@@ -66,7 +66,9 @@ def use_precompiled(out_dir: Path, kernels: list[dict]) -> None:
     """Serve these fatbins when TVM compiles CUDA source at load; other sources go to TVM's hook."""
     global _HOOKED
     for k in kernels:
-        _FATBINS[k["sha256"]] = (Path(out_dir) / k["file"]).read_bytes()
+        from lcc.integrity import inside
+
+        _FATBINS[k["sha256"]] = inside(out_dir, k["file"], "tvm.json").read_bytes()
     if _HOOKED:
         return
     import tvm_ffi

@@ -20,10 +20,10 @@ from typing import Callable, Sequence
 
 import torch
 import torch.fx
-from torch.export import Dim
 
+from lcc.backends.nodes import prepare_nodes
+from lcc.backends.torch_export import export_entry
 from lcc.backends.tvm import cuda
-from lcc.backends.tvm.nodes import op_args
 from lcc.backends.tvm.register import BACKEND, convert_map
 from lcc.capture.program import copy_graph_module
 from lcc.ops import registry
@@ -58,15 +58,24 @@ def library_stem(target: str) -> str:
     return f"model.{t.kind.name}{'-' + str(arch) if arch else ''}"
 
 
-def export_library(executable, out: Path, stem: str) -> str:
-    """Write the library as ``<stem>.<content hash>.so`` and return its name.
+def module_key(mod, target: str) -> str:
+    """A name part derived from what is built: the module's structure, the target and the TVM version.
 
-    The hash keeps names unique per build: ``dlopen`` hands back an already loaded library
-    for a path it has seen, so a rebuilt library under the same name would not be reloaded.
+    The same inputs give the same name (``lcc.json`` stays byte-identical; the ``.so`` bytes are not), a
+    different module a different one: ``dlopen`` hands back an already loaded library for a path it has
+    seen, so a rebuilt library under the same name would not be reloaded.
     """
+    import tvm
+
+    text = f"{target}|{tvm.__version__}|{mod.script()}"  # the printed IR: stable across processes
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def export_library(executable, out: Path, stem: str, key: str) -> str:
+    """Write the library as ``<stem>.<key>.so`` (``key``: :func:`module_key`) and return its name."""
     tmp = out / f"{stem}.partial.so"
     executable.export_library(str(tmp))
-    name = f"{stem}.{hashlib.sha256(tmp.read_bytes()).hexdigest()[:12]}.so"
+    name = f"{stem}.{key}.so"
     os.replace(tmp, out / name)
     return name
 
@@ -80,39 +89,8 @@ DECOMPOSITIONS = {"reference": registry.reference_call, "eager": registry.eager_
 def with_fallbacks(gm: torch.fx.GraphModule, how: str = "reference") -> tuple[torch.fx.GraphModule, list[dict]]:
     """A copy of ``gm`` whose lcc op nodes that TVM cannot lower call a decomposition ``how`` instead."""
     gm = copy_graph_module(gm)
-    by_op = {opdef.op: opdef for opdef in registry.ops().values()}
-    fallbacks = []
-    for node in gm.graph.nodes:
-        opdef = by_op.get(node.target) if node.op == "call_function" else None
-        if opdef is None:
-            continue
-        lowering = opdef.lowerings.get(BACKEND)
-        args = op_args(node)
-        why = "no tvm lowering" if lowering is None else lowering.unsupported(args)
-        fn = DECOMPOSITIONS[how](opdef) if why else None
-        if fn is not None:
-            node.args, node.kwargs = tuple(args.values()), {}
-            node.target = fn
-        if why:
-            fallbacks.append({"op": opdef.name, "node": node.name, "why": why, "as": how if fn else "op"})
-    gm.graph.lint()
-    gm.recompile()
-    return gm, fallbacks
-
-
-def export_entry(gm: torch.fx.GraphModule, cache_layout, name: str) -> torch.export.ExportedProgram:
-    """Re-export one entry graph; prefill-like entries keep the sequence length dynamic."""
-    cache = cache_layout.empty()
-    batch = cache_layout.batch
-    if name == "decode":
-        args = (torch.zeros(batch, 1, dtype=torch.long), torch.tensor(0), *cache)
-        shapes = None
-    else:
-        seq = Dim("seq", min=2, max=cache_layout.capacity)
-        args = (torch.zeros(batch, min(8, cache_layout.capacity), dtype=torch.long), *cache)
-        shapes = ({1: seq}, *[None] * len(cache))
-    with torch.no_grad():
-        return torch.export.export(gm, args, dynamic_shapes=shapes, strict=False)
+    records = prepare_nodes(gm, BACKEND, DECOMPOSITIONS[how], decomposition=how)
+    return gm, [{k: r[k] for k in ("op", "node", "why", "as")} for r in records if r["fallback"]]
 
 
 def _needs_decomposition(ep: torch.export.ExportedProgram, converters: dict) -> bool:
@@ -170,7 +148,7 @@ def _export_with_fallbacks(program, name: str):
     for how in DECOMPOSITIONS:
         gm, fallbacks = with_fallbacks(program.entries[name], how)
         try:
-            return export_entry(gm, program.cache, name), fallbacks
+            return export_entry(program, name, gm), fallbacks
         except Exception as e:  # torch raises many types; only a fallback makes this ours to explain
             if not fallbacks:
                 raise
@@ -203,7 +181,7 @@ def _build_targets(mod, targets, out: Path, step, timings: dict, notes: list):
         t0 = time.perf_counter()
         stem = library_stem(tgt)
         executable = build(mod, tgt)
-        libraries[tgt] = export_library(executable, out, stem)
+        libraries[tgt] = export_library(executable, out, stem, module_key(mod, tgt))
         timings[f"build {tgt}_s"] = round(time.perf_counter() - t0, 2)
         if make_target(tgt).kind.name == "cuda":
             step(f"nvcc {tgt}")
@@ -253,7 +231,7 @@ def lower(program, out_dir, target: str | Sequence[str] = "llvm", entries: Seque
         "libraries": libraries,
         "cuda_kernels": kernels,
         "weights": WEIGHTS,
-        "cache": dict(program.cache.__dict__),
+        "cache": program.cache.to_dict(),
         "native": native,
         "fallbacks": fallbacks,
         "timings": timings,

@@ -1,5 +1,5 @@
-"""Mask predicates evaluated as Relax ops: the portable ``<kind>_mod(q, kv, *args)`` functions of
-:mod:`lcc.ops.sparse_masks`, run on Relax expressions instead of torch tensors.
+"""Mask predicates evaluated as Relax ops: each mask kind's portable predicate ``mod(q, kv, *args)``
+(:mod:`lcc.ops.masks`), run on Relax expressions instead of torch tensors.
 
 Those predicates are written with operators only (``& | ~ < <= > >= == != + - * // %``), so wrapping
 each Relax expression in :class:`RelaxInt`, whose operators emit the matching Relax op, turns the
@@ -66,16 +66,11 @@ class RelaxInt:
 
 
 def portable_predicate(mask: str):
-    """``(fn, args)`` of the mask's portable predicate, or None when the kind has none."""
-    try:
-        from lcc.ops.sparse_masks import KERNEL_MODS
-    except ImportError:  # pragma: no cover - sparse masks are part of lcc.ops
-        return None
+    """``(fn, args)`` of the mask kind's portable predicate, or None when its record says it has none."""
     spec = MaskSpec.parse(mask)
-    if spec.kind not in KERNEL_MODS:
+    if not spec.record.portable:
         return None
-    fn, args = KERNEL_MODS[spec.kind]
-    return fn, tuple(int(a) for a in args(**spec.args))
+    return spec.record.mod, spec.kernel_args
 
 
 def emit_mask(bb: relax.BlockBuilder, mask: str, q_pos: relax.Expr, kv_idx: relax.Expr) -> relax.Expr:

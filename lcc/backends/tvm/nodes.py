@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch.fx
 
-from lcc.passes.graph import named_args as op_args
+from lcc.graph import named_args as op_args
 
 
 def relax_args(node: torch.fx.Node, importer) -> dict:

@@ -19,13 +19,17 @@ from tvm import relax
 from tvm.relax import op as R
 
 from lcc.backends.tvm.nodes import dtype as dtype_of, relax_args, shape
-from lcc.ops.rope import parse_variant as _parse_variant
+from lcc.ops.rope import parse_variant
 
 NATIVE_VARIANTS = ("dynamic-ntk", "longrope")
 
 
 def rope_unsupported(args: dict) -> str | None:
-    if args["variant"] and _parse_variant(args["variant"])[0] not in NATIVE_VARIANTS:
+    try:
+        name = parse_variant(args["variant"])[0] if args["variant"] else ""
+    except ValueError as e:
+        return f"rope variant {args['variant']!r}: {e}"
+    if name and name not in NATIVE_VARIANTS:
         return f"rope variant {args['variant']!r} has no Relax form"
     return None
 
@@ -39,7 +43,7 @@ def _variant_inv_freq(e, variant: str, inv_freq, positions):
     inv_freq = e(R.astype(inv_freq, "float32"))
     if not variant:
         return inv_freq
-    name, p = _parse_variant(variant)
+    name, p = parse_variant(variant)
     length = e(R.add(e(R.astype(e(R.max(positions)), "float32")), _f32(1.0)))  # l = max(position) + 1
     longer = e(R.greater(length, _f32(p["original"])))
     if name == "longrope":

@@ -8,7 +8,6 @@ Tensors cross between torch and TVM through DLPack (no copy on the CPU).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -51,8 +50,10 @@ class TvmProgram:
         import tvm
         from safetensors.torch import load_file
 
+        from lcc.integrity import backend_manifest, inside
+
         self.out_dir = Path(out_dir)
-        self.manifest = json.loads((self.out_dir / MANIFEST).read_text())
+        self.manifest = backend_manifest(self.out_dir, MANIFEST)
         self.target = target or self._default_target(device)
         lib = self.manifest["libraries"].get(self.target)
         if lib is None:
@@ -64,12 +65,13 @@ class TvmProgram:
 
             use_precompiled(self.out_dir, self.manifest.get("cuda_kernels", {}).get(self.target, []))
             self.device = tvm.cuda(0)
-        self.vm = tvm.relax.VirtualMachine(tvm.runtime.load_module(str(self.out_dir / lib)), self.device)
-        stored = load_file(str(self.out_dir / self.manifest["weights"]))
+        library = inside(self.out_dir, lib, MANIFEST)  # never a path outside the artifact
+        self.vm = tvm.relax.VirtualMachine(tvm.runtime.load_module(str(library)), self.device)
+        stored = load_file(str(inside(self.out_dir, self.manifest["weights"], MANIFEST)))
         on_device = {name: _to_tvm(t, self.device) for name, t in stored.items()}
         self.entries = {name: _Entry(self.vm[name], [on_device[w] for w in e["weights"]], self.device)
                         for name, e in self.manifest["entries"].items()}
-        self.cache = CacheLayout(**self.manifest["cache"])
+        self.cache = CacheLayout.from_dict(self.manifest["cache"])
 
     def _default_target(self, device: str) -> str:
         kind = "cuda" if device.startswith("cuda") else "llvm"

@@ -39,8 +39,8 @@ def test_genai_generates_program_tokens(lowered):
 
 def test_no_genai_model_for_a_non_standard_cache():
     from lcc.backends.onnx.genai import unsupported
-    from lcc.capture.program import CacheLayout
+    from lcc.capture.program import CacheLayout, RingCache
 
     assert unsupported(CacheLayout(1, 64, 2, 2, 16)) is None
-    assert unsupported(CacheLayout(1, 64, 2, 2, 16, kind="ring")) is not None
+    assert unsupported(CacheLayout(1, 64, 2, 2, 16, ring=RingCache(4, 12))) is not None
     assert unsupported(CacheLayout(1, 64, 2, 2, 16, tensors=(("k", (1, 2, 64, 16), "int8"),))) is not None

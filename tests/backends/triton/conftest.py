@@ -21,10 +21,10 @@ def _kernels_ready() -> str | None:
         import triton  # noqa: F401
     except ImportError:
         return "triton is not installed"
-    from lcc.backends.triton.attention import _attn_fwd
+    from lcc.backends.triton.attention import attn_fwd
     from lcc.backends.triton.interpret import is_interpreted
 
-    if CUDA or is_interpreted(_attn_fwd):
+    if CUDA or is_interpreted(attn_fwd):
         return None
     return "no CUDA, and triton was imported before TRITON_INTERPRET=1 could be set; run this directory alone"
 

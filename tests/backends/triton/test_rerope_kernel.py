@@ -120,10 +120,10 @@ def test_kernel_rejects_non_causal_masks_and_the_op_falls_back(device):
     q, k, v = make_qkv(device, 1, 2, 1, 8, 8, 16)
     with pytest.raises(ValueError):
         kernel(q, k, v, None, inv_freq_of(16), 1.0, None, 0.25, 4, 0.0, mask="full")
-    from lcc.backends.triton import rerope as _  # noqa: F401  (registers the lowering)
+    from lcc.backends.triton import rerope as _  # noqa: F401  (registers the cuda implementation)
     from lcc.ops import registry
 
-    impl = registry.lowering("rerope_attention", "triton")
+    impl = registry.select("rerope_attention", "auto", "cuda").fn
     torch.testing.assert_close(impl(q, k, v, None, inv_freq_of(16), 1.0, None, 0.25, 4, 0.0, "full").cpu(),
                                rerope_reference(q, k, v, None, inv_freq_of(16), 1.0, None, 0.25, 4, 0.0, "full").cpu())
 

@@ -54,7 +54,7 @@ def test_mask_without_portable_predicate_runs_as_reference_and_is_reported(tiny,
     from lcc.passes.graph import ATTENTION, lcc_nodes, set_args
 
     # causal, plus every even key: a predicate written with torch calls, so TVM has no Relax form of it
-    register_mask(MaskKind("test-even-keys", {}, lambda: lambda q, kv: (kv <= q) & torch.eq(kv % 2, 0) | (kv == q)))
+    register_mask(MaskKind("test-even-keys", lambda q, kv: (kv <= q) & torch.eq(kv % 2, 0) | (kv == q), portable=False))
     program = canonicalize(capture(tiny("llama"), capacity=32))
     for gm in program.entries.values():
         for node in lcc_nodes(gm, ATTENTION):
