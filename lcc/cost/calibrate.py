@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from lcc.cost.hardware import Profile, to_toml, user_dir
+from lcc.cost.hardware import Profile, parse_profile, to_toml, user_dir
 
 METHOD = 2  # bumped when what is measured changes: a saved profile of another method is measured again
 
@@ -110,3 +110,22 @@ def calibrate(save: bool = True, quick: bool = False) -> list[Profile]:
             tmp.write_text(to_toml(p, f"measured on this machine by `lcc calibrate`; {p.description}"))
             tmp.replace(path)
     return profiles
+
+
+def calibrate_isolated(quick: bool = False) -> list[Profile]:
+    """:func:`calibrate` (saving the profiles) in a child process, for first use inside another command.
+
+    Run in process, the calibration's large matmuls, softmaxes and copies left the CPU's numeric state
+    changed for the rest of the process: on this project's 2-core machine a first ``lcc compile`` then
+    saw smollm2's captured program differ from HF eager by 9e-3 in the logits (0 without it; the cause
+    inside torch / the BLAS was not found). A child process cannot leave anything behind.
+    """
+    import subprocess
+    import sys
+
+    code = f"from lcc.cost.calibrate import calibrate; calibrate(save=True, quick={bool(quick)})"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"calibration failed: {(r.stderr.strip().splitlines() or ['?'])[-1]}")
+    return [parse_profile(p.read_text(), p.stem) for p in sorted(user_dir().glob("*.toml"))
+            if p.stem in ("cpu", "gpu")]

@@ -103,9 +103,9 @@ def load_profile(name: str, calibrate_missing: bool = True) -> Profile:
                 break  # measured by an older lcc.cost.calibrate: measure again
             return profile
     if key in MEASURED and calibrate_missing:
-        from lcc.cost.calibrate import calibrate
+        from lcc.cost.calibrate import calibrate_isolated
 
-        for p in calibrate():
+        for p in calibrate_isolated():
             if p.name == key:
                 return p
         raise UsageError(f"device {name!r}: no CUDA device here to calibrate; devices: {', '.join(available())}")

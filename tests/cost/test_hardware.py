@@ -45,3 +45,13 @@ def test_a_cpu_profile_from_an_older_calibration_is_measured_again(tmp_path, mon
     assert p.measured["method"] == METHOD and p.memory_bytes > 2**30
     again = load_profile("cpu")  # saved: the next load reads it back
     assert again.vector["float32"] == pytest.approx(p.vector["float32"], rel=1e-5)
+
+
+def test_first_use_calibration_runs_in_a_child_process_and_saves_the_profile(tmp_path, monkeypatch):
+    """In process it left the CPU's numeric state changed for the rest of a compile (captured vs eager 9e-3)."""
+    from lcc.cost.calibrate import calibrate_isolated
+
+    monkeypatch.setenv("LCC_CACHE", str(tmp_path))
+    (cpu,) = [p for p in calibrate_isolated(quick=True) if p.name == "cpu"]
+    assert cpu.matmul["float32"] > 0 and (tmp_path / "profiles" / "cpu.toml").is_file()
+    assert cpu.measured["matmul_n"] == 1024  # the quick measurement, made by the child and read back here
