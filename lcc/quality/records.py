@@ -118,10 +118,14 @@ class Records:
         return Estimate(row.ppl, row.passkey, ppl_ratio, retrieval, row.length, extrapolated, "record", detail)
 
     def merge(self, rows: list[Row]) -> None:
-        """Add ``rows``; a row for the same passes, length and protocol replaces the old one."""
-        index = {(tuple(r.passes), r.length, r.ppl_protocol): i for i, r in enumerate(self.rows)}
+        """Add ``rows``; a row for the same quality-relevant passes (canonical spelling: ``factor=4`` and
+        ``factor=4.0`` are one), length and protocol replaces the old one."""
+        def key(r: Row):
+            return quality_key(r.passes, r.length), r.length, r.ppl_protocol
+
+        index = {key(r): i for i, r in enumerate(self.rows)}
         for row in rows:
-            k = (tuple(row.passes), row.length, row.ppl_protocol)
+            k = key(row)
             if k in index:
                 self.rows[index[k]] = row
             else:

@@ -100,3 +100,16 @@ def test_corrupt_or_foreign_records_are_one_usage_error(tmp_path, text, fragment
     with pytest.raises(UsageError) as err:
         read_file(path, "abc")
     assert fragment in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_user_row_replaces_the_shipped_row_whatever_its_spelling(tmp_path, monkeypatch):
+    """``factor=4`` (the planner's spelling) and ``factor=4.0`` (a PassSpec's) are the same measurement."""
+    import lcc.quality.records as qr
+
+    shipped, user = tmp_path / "shipped", tmp_path / "user"
+    records().write(shipped / "abc.json")
+    respelled = "rope-scaling:method=dynamic-ntk,factor=4.0"
+    Records("m", "abc", 1024, [Row((respelled,), 2048, ppl=7.5, passkey=0.9)]).write(user / "abc.json")
+    monkeypatch.setattr(qr, "SHIPPED", shipped)
+    got = load("abc", trained_len=1024, user=user)
+    assert [r.ppl for r in got.rows if r.length == 2048] == [7.5]
