@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 
 from lcc.ops.rope import VARIANTS
+from lcc.spec import Field
 
 
 def _exponents(dim: int, device=None) -> torch.Tensor:
@@ -218,13 +219,7 @@ VARIANTS["longrope"] = _longrope_variant
 
 # ---- registry ----------------------------------------------------------------------------------
 
-
-@dataclass(frozen=True)
-class Param:
-    name: str
-    type: type
-    default: Any
-    doc: str = ""
+Param = Field  # a method's parameter: the one spec field type (lcc.spec)
 
 
 @dataclass(frozen=True)
