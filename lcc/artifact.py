@@ -35,6 +35,8 @@ class Manifest:
     files: list  # the lowered files, sorted
     lowering: dict  # {"native", "fallbacks", "notes"}
     checks: list  # [{"stage", "exact", "ok"}]
+    dtype: str = "float32"  # weights and compute (the cache's own dtype is in ``cache``)
+    target: str = "cpu"  # where it runs: cpu, cuda, cuda:sm_80, cuda:sm_90 (lcc.target)
     lcc_version: str = lcc.__version__
     format: int = FORMAT
 

@@ -26,20 +26,38 @@ def _passes(values: Optional[list[str]]):
     return [parse_pass(v) for v in values or []]
 
 
-def _load(model: str):
+DtypeOpt = typer.Option(None, "--dtype", help="weights and compute: fp32, fp16 or bf16 (default fp32 on the CPU)")
+KvDtypeOpt = typer.Option(None, "--kv-cache-dtype", help="a plain KV cache's dtype: fp32, fp16 or bf16 (default: "
+                          "--dtype; quantized caches are the kv-quant pass)")
+
+
+def _dtypes(dtype: Optional[str], kv_cache_dtype: Optional[str]) -> tuple[str, Optional[str]]:
+    """(--dtype, --kv-cache-dtype) as torch names; usage errors before any work."""
+    from lcc.dtypes import parse_dtype
+
+    return parse_dtype(dtype) or "float32", parse_dtype(kv_cache_dtype, "--kv-cache-dtype")
+
+
+def _load(model: str, dtype: str = "float32"):
     from lcc.models import load_model
 
     with status(f"loading {model}"):
-        return load_model(model)
+        return load_model(model, dtype=dtype)
 
 
 @app.command()
-def inspect(model: str = typer.Argument("smollm2-135m", help="preset, HF directory or .gguf file"),
+def inspect(model: str = typer.Argument("smollm2-135m", help="preset, HF directory (config.json is enough), "
+                                       "hub id or .gguf file"),
+            dtype: str = typer.Option("float32", "--dtype", help="float32, float16 or bfloat16: the weights' and "
+                                      "KV cache's dtype the sizes are given in"),
             as_json: bool = typer.Option(False, "--json", help="print JSON")):
-    """The model's spec, with KV-cache bytes per token and at the trained length."""
-    loaded = _load(model)
+    """The model's spec, with KV-cache bytes per token and at the trained length (reads no weights)."""
+    from lcc.models import load_model
+
+    with status(f"reading {model}"):
+        loaded = load_model(model, dtype=dtype, weights=False)
     d = loaded.spec.to_dict()
-    d["weights_hash"] = loaded.weights_hash
+    d["weights_hash"] = loaded.weights_hash or None  # None: not hashed yet (a full load hashes once)
     if as_json:
         print(json.dumps(d, indent=2))
         return
@@ -78,8 +96,12 @@ def run(model: str = typer.Argument(..., help="preset, HF directory, .gguf file,
         prompt: str = typer.Option(..., "--prompt", help="text to continue"),
         max_new_tokens: int = typer.Option(32, "--max-new-tokens", min=1, help="tokens to generate"),
         passes: Optional[list[str]] = PassOpt,
+        dtype: Optional[str] = DtypeOpt,
+        kv_cache_dtype: Optional[str] = KvDtypeOpt,
         trust_native: bool = TrustNativeOpt):
     """Greedy generation through the captured program's prefill + decode."""
+    import torch
+
     from lcc.capture.export import capture
     from lcc.passes import apply_passes, canonicalize
     from lcc.runtime import eos_ids, generate_ids
@@ -88,22 +110,40 @@ def run(model: str = typer.Argument(..., help="preset, HF directory, .gguf file,
 
     specs = _passes(passes)
     _check_text(prompt, "--prompt")
+    compute, cache_dtype = _dtypes(dtype, kv_cache_dtype)
     if (Path(model) / "lcc.json").is_file():
+        _check_artifact_dtypes(Path(model), dtype and compute, cache_dtype)
         return _run_artifact(Path(model), prompt, max_new_tokens, specs, trust_native)
-    loaded = _load(model)
+    loaded = _load(model, compute)
     if loaded.tokenizer is None:
         raise UsageError(f"{model} has no tokenizer files: lcc run needs tokenizer.json beside the weights")
     ids = loaded.tokenizer(prompt, return_tensors="pt")["input_ids"]
     if ids.shape[1] < 1:
         raise UsageError("the prompt is empty: give --prompt with some text")
     capacity = -(-(ids.shape[1] + max_new_tokens) // 64) * 64
-    _check_cache_fits(loaded.spec.kv_bytes_per_token() * capacity, capacity, "--max-new-tokens")
+    kv_dtype = getattr(torch, cache_dtype) if cache_dtype else None
+    _check_cache_fits(loaded.spec.kv_bytes_per_token(kv_dtype) * capacity, capacity, "--max-new-tokens")
     with status("capturing"):
-        program = canonicalize(capture(loaded, capacity))
+        program = canonicalize(capture(loaded, capacity, cache_dtype=cache_dtype))
         program = apply_passes(program, specs)
     with status("generating"):
         new = generate_ids(program, ids, max_new_tokens, stop=eos_ids(loaded.model))
     print(loaded.tokenizer.decode(new, skip_special_tokens=True))
+
+
+def _check_artifact_dtypes(path, dtype: Optional[str], cache_dtype: Optional[str]) -> None:
+    """An artifact runs where and in the dtypes it was compiled for: a target this machine lacks, or a
+    different --dtype / --kv-cache-dtype, is a usage error (given ones that agree are fine)."""
+    from lcc import artifact
+    from lcc.target import check_runnable, parse_target
+
+    manifest = artifact.load(path)
+    check_runnable(parse_target(manifest["target"]), str(path))
+    have = {"--dtype": manifest["dtype"], "--kv-cache-dtype": manifest["cache"].get("dtype")}
+    for flag, want in (("--dtype", dtype), ("--kv-cache-dtype", cache_dtype)):
+        if want is not None and have[flag] is not None and want != have[flag]:
+            raise UsageError(f"{flag} {want}: {path} was compiled for {have[flag]}; recompile it with "
+                             f"{flag} {want} or leave the flag out")
 
 
 def _check_text(text: str, flag: str) -> None:
@@ -163,36 +203,59 @@ def compile_cmd(model: str = typer.Argument("smollm2-135m", help="preset, HF dir
                 backend: str = typer.Option("torch", "--backend", help="torch, onnx, tvm or triton"),
                 passes: Optional[list[str]] = PassOpt,
                 out_dir: Optional[str] = typer.Option(None, "--out", help="artifact directory (default MODEL-LEN-BACKEND)"),
-                device: str = typer.Option("cpu", "--device", help="hardware profile the planner plans for"),
-                force: bool = typer.Option(False, "--force", help="replace an existing --out directory")):
-    """Plan (unless --pass is given), apply, check every stage, lower, and write an artifact directory."""
+                target: Optional[str] = typer.Option(None, "--target", help="where the artifact runs: cpu "
+                                                     "(default), cuda, cuda:sm_80 or cuda:sm_90"),
+                profile: Optional[str] = typer.Option(None, "--profile", help="the planner's hardware profile "
+                                                      "(default: the target's: cpu, or the local GPU / h100)"),
+                device: Optional[str] = typer.Option(None, "--device", hidden=True, help="old name of --profile"),
+                dtype: Optional[str] = DtypeOpt,
+                kv_cache_dtype: Optional[str] = KvDtypeOpt,
+                force: bool = typer.Option(False, "--force", help="replace an existing --out directory"),
+                no_cache: bool = typer.Option(False, "--no-cache", help="compile even when the compile cache "
+                                              "holds these inputs' artifact, and do not store this one")):
+    """Plan (unless --pass is given), apply, check every stage, lower, and write an artifact directory.
+
+    An identical earlier compile's artifact comes from the compile cache ($LCC_CACHE/compiled) unless --no-cache."""
     from pathlib import Path
 
     from lcc.backends import get_backend
-    from lcc.compile import compile_model
+    from lcc.compile import compile_model, default_out, from_cache_by_name
     from lcc.ui import RichStages
-    from lcc.lengths import check_min_length, format_length, parse_length
+    from lcc.lengths import check_min_length, parse_length
+
+    from lcc.backends import check_dtype
+    from lcc.target import default_profile, device_alias, parse_target
 
     n = check_min_length(parse_length(target_len), "--target-len", target_len)
     specs = _passes(passes) if passes else None
-    get_backend(backend)  # a usage error before any slow work
+    profile, target = device_alias(device, profile, target, "profile")
+    where = parse_target(target)
+    device = profile or default_profile(where)
+    compute, cache_dtype = _dtypes(dtype, kv_cache_dtype)
+    check_dtype(get_backend(backend), compute)  # usage errors before any slow work
     plan_fn = _planner()
     if plan_fn is not None:
         from lcc.cost.hardware import load_profile
 
-        load_profile(device)  # an unknown device is a usage error before loading
+        load_profile(device)  # an unknown profile is a usage error before loading
     from lcc.outdir import check_out
 
     if out_dir is not None:
         check_out(Path(out_dir), force)  # before any slow work
-    loaded = _load(model)
-    target = Path(out_dir or f"{Path(loaded.spec.model_id).name}-{format_length(n)}-{backend}")
-    with RichStages(console=err) as stages:
-        result = compile_model(loaded, n, backend, specs, target, force=force, device=device, plan_fn=plan_fn,
-                               progress=stages)
+    result = None if no_cache else from_cache_by_name(model, n, backend, specs, out_dir, force, device, compute,
+                                                      cache_dtype, str(where))
+    if result is None:
+        loaded = _load(model, compute)
+        dest = Path(out_dir) if out_dir else default_out(loaded.spec.model_id, n, backend)
+        with RichStages(console=err) as stages:
+            result = compile_model(loaded, n, backend, specs, dest, force=force, device=device, plan_fn=plan_fn,
+                                   progress=stages, dtype=compute, kv_cache_dtype=cache_dtype, target=str(where),
+                                   cache=not no_cache)
     low = result.report["lowered"]
-    out.print(f"wrote {result.out}: passes {', '.join(result.manifest['plan']['passes']) or '(none)'}; "
-              f"{low['name']} max abs error {low['max_abs']:.2e} against the rewritten program")
+    check = (f"{low['name']} unchecked ({low['unchecked']})" if "unchecked" in low else
+             f"{low['name']} max abs error {low['max_abs']:.2e} against the rewritten program")
+    out.print(f"wrote {result.out}{' (from the compile cache)' if result.cached else ''}: passes "
+              f"{', '.join(result.manifest['plan']['passes']) or '(none)'}; {check}")
 
 
 def _planner():
@@ -209,6 +272,7 @@ def diff(model: str = typer.Argument("smollm2-135m", help="preset, HF directory 
          length: str = typer.Option("128", "--len", help="tokens of input, e.g. 512 or 4k"),
          backend: Optional[str] = typer.Option(None, "--backend", help="also lower to torch, onnx or tvm and "
                                                "report that stage"),
+         dtype: Optional[str] = DtypeOpt,
          as_json: bool = typer.Option(False, "--json", help="print one JSON object")):
     """Errors of every stage (captured, canonical, each pass, lowered) against HF eager; exit 1 if one is off."""
     from lcc.diff import diff as run_diff
@@ -216,11 +280,12 @@ def diff(model: str = typer.Argument("smollm2-135m", help="preset, HF directory 
 
     specs = _passes(passes)
     n = check_min_length(parse_length(length), "--len", length)
+    compute, _ = _dtypes(dtype, None)
     if backend is not None:
         from lcc.diff.lowered import check_backend
 
-        check_backend(backend)
-    loaded = _load(model)
+        check_backend(backend, compute)
+    loaded = _load(model, compute)
     s = loaded.spec
     # the oracle (HF eager) holds one layer's L x L scores, the logits of every stage and every hidden state
     need = 4 * n * (s.heads * n + 4 * s.vocab + (s.layers + 1) * s.hidden * 4)
@@ -260,84 +325,116 @@ def _json_safe(value):
 @app.command("eval")
 def eval_cmd(model: str = typer.Argument("smollm2-135m", help="preset, HF directory, .gguf file, or an artifact "
                                          "from lcc compile"),
-             task: str = typer.Option(..., "--task", help="passkey or ppl"),
+             task: str = typer.Option(..., "--task", help="passkey, ppl[:last=K], "
+                                      "niah[:needles=N,keys=K,values=V,queries=Q] or vt[:chains=C,hops=H]"),
              lengths: str = typer.Option("4k,8k", "--lengths", help="comma-separated lengths, e.g. 4k,8k,16k"),
              passes: Optional[list[str]] = PassOpt,
-             trials: int = typer.Option(10, "--trials", min=1, help="passkey: seeded trials per length and depth"),
+             trials: int = typer.Option(10, "--trials", min=1, help="passkey: seeded trials per length and depth; "
+                                        "niah, vt: seeded trials per length"),
              windows: int = typer.Option(2, "--windows", min=1, help="ppl: windows of text per length"),
-             text: Optional[str] = typer.Option(None, "--text", help="ppl: a text file (default: the KJV Bible)"),
+             text: Optional[str] = typer.Option(None, "--text", help="ppl, niah, vt: a text file (default: the "
+                                                "KJV Bible)"),
              as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
              plot: Optional[str] = typer.Option(None, "--plot", help="write a PNG plot here"),
-             device: str = typer.Option("cpu", "--device", help="cpu or cuda (Triton kernels for the lcc ops)"),
+             target: Optional[str] = typer.Option(None, "--target", help="cpu (default) or cuda: where the "
+                                                  "program runs (Triton kernels for the lcc ops on cuda)"),
+             device: Optional[str] = typer.Option(None, "--device", hidden=True, help="old name of --target"),
+             dtype: Optional[str] = DtypeOpt,
+             kv_cache_dtype: Optional[str] = KvDtypeOpt,
              trust_native: bool = TrustNativeOpt):
-    """Passkey retrieval accuracy or perplexity at each length, through the (rewritten) program or an artifact.
+    """Passkey, RULER niah / vt accuracy or perplexity at each length, through the (rewritten) program or an
+    artifact.
 
-    A passkey trial at length L prompts with L - 8 tokens and generates 8, so an artifact compiled for L
-    is evaluated at L."""
-    from lcc.eval import DEPTHS, eval_passkey, eval_ppl, is_artifact, plot as plot_results
+    A generated trial at length L prompts with L minus the tokens it generates (passkey: 8), so an artifact
+    compiled for L is evaluated at L; ppl:last=K scores the text's final K tokens at every length."""
+    from lcc.eval import DEPTHS, eval_passkey, eval_ppl, eval_ruler, is_artifact, plot as plot_results
+    from lcc.eval.tasks import Task
     from lcc.eval.text import load_text
     from lcc.lengths import parse_lengths
 
-    if task not in ("passkey", "ppl"):
-        raise UsageError(f"unknown task {task!r}: use --task passkey or --task ppl")
+    from lcc.target import device_alias, parse_target
+
+    spec = Task.parse(task)
     if plot is not None:
         from lcc.outdir import check_output_file
 
         check_output_file(plot, "--plot", ".png")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise UsageError(f"--device {device}: use cpu or cuda")
+    _, target = device_alias(device, None, target, "target")
+    where = parse_target(target)
+    device = "cuda" if where.is_cuda else "cpu"
+    compute, cache_dtype = _dtypes(dtype, kv_cache_dtype)
     artifact = is_artifact(model)
     if artifact and passes:
         raise UsageError("--pass does not apply to a compiled artifact: its passes were fixed by lcc compile")
-    if artifact and device != "cpu":
-        raise UsageError("--device does not apply to a compiled artifact: it runs where its backend compiled it")
+    if artifact:
+        if target is not None:
+            raise UsageError("--target does not apply to a compiled artifact: it runs where it was compiled for "
+                             "(its lcc.json's target)")
+        _check_artifact_dtypes(model, dtype and compute, cache_dtype)
+    elif where.is_cuda:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError(f"--target {target}: this machine has no CUDA device; use --target cpu")
     specs = _passes(passes)
     ns = parse_lengths(lengths)
-    corpus = load_text(text) if task == "ppl" else None
+    corpus = load_text(text) if spec.name != "passkey" else None
     if artifact:
         from lcc.eval import check_fits, load_artifact_program
 
         with status(f"loading {model}"):
             program = loaded = load_artifact_program(model, trust_native=trust_native)
-        check_fits(program, task, ns)
+        check_fits(program, spec.name, ns)
         name, label = loaded.manifest.model_id, " + ".join(loaded.manifest.plan["passes"]) or "no passes"
         label = f"{label}; {loaded.manifest.backend} artifact"
     else:
-        program, loaded = None, _load(model)
+        program, loaded = None, _load(model, compute)
         if loaded.tokenizer is None:
             raise UsageError(f"{model} has no tokenizer files: lcc eval needs tokenizer.json beside the weights")
         name, label = loaded.spec.model_id, " + ".join(str(s) for s in specs) or "no passes"
-    steps = len(ns) * (trials * len(DEPTHS) if task == "passkey" else 1)
+        if cache_dtype is not None:
+            from lcc.eval import prepare
+
+            entries = ("prefill_logits",) if spec.name == "ppl" else ("prefill", "decode")
+            with status("capturing"):
+                program = prepare(loaded, specs, max(ns), entries, device, cache_dtype)
+    steps = len(ns) * {"passkey": trials * len(DEPTHS), "ppl": 1}.get(spec.name, trials)
     from lcc.ui import counter
 
     with counter() as bar:
-        job = bar.add_task(f"{task} on {name}", total=steps)
+        job = bar.add_task(f"{spec} on {name}", total=steps)
         tick = lambda: bar.advance(job)  # noqa: E731
-        if task == "passkey":
+        if spec.name == "passkey":
             results = eval_passkey(loaded, specs, ns, trials=trials, progress=tick, device=device, program=program)
-        else:
+        elif spec.name == "ppl":
             results = eval_ppl(loaded, specs, ns, corpus, windows=windows, progress=tick, device=device,
-                               program=program)
-    metric = "accuracy" if task == "passkey" else "ppl"
+                               program=program, **spec.kwargs)
+        else:
+            results = eval_ruler(loaded, specs, ns, spec.name, corpus, trials=trials, progress=tick, device=device,
+                                 program=program, **spec.kwargs)
+    metric = "ppl" if spec.name == "ppl" else "accuracy"
     if plot:
         import os
         import tempfile
 
         fd, tmp = tempfile.mkstemp(suffix=".png", dir=os.path.dirname(os.path.abspath(plot)))
         os.close(fd)
-        plot_results({label: results}, metric, tmp, f"{name}: {task}")
+        plot_results({label: results}, metric, tmp, f"{name}: {spec}")
         os.replace(tmp, plot)
     if as_json:
         doc = {"model": name, "passes": loaded.manifest.plan["passes"] if artifact else [str(s) for s in specs],
-               "task": task, "results": [r.to_dict() for r in results]}
+               "task": str(spec), "results": [r.to_dict() for r in results]}
         if artifact:
             doc["artifact"] = {"path": str(model), "backend": loaded.manifest.backend,
                                "target_len": loaded.manifest.target_len}
         print(json.dumps(doc, indent=2))
         return
-    table = make_table(f"{name} {task} ({label})", ("length", metric))
+    protocol = f", {results[0].metrics['protocol']} protocol" if spec.name == "ppl" else ""
+    extra = ("score",) if spec.name in ("niah", "vt") else ()
+    table = make_table(f"{name} {spec} ({label}{protocol})", ("length", metric, *extra))
     for r in results:
-        table.add_row(str(r.length), f"{r.metrics[metric]:.3f}" if metric == "accuracy" else f"{r.metrics[metric]:.2f}")
+        table.add_row(str(r.length), *(f"{r.metrics[m]:.3f}" if m != "ppl" else f"{r.metrics[m]:.2f}"
+                                       for m in (metric, *extra)))
     out.print(table)
 
 

@@ -4,12 +4,16 @@ The artifact holds ``lcc.json`` (the manifest of :mod:`lcc.artifact`: format and
 version, model id and weights hash, target length, plan, backend, cache layout,
 entry-point signatures), the lowered files, the tokenizer, and a report (plan table,
 pass-by-pass diff, plots).  It is written to a temporary directory next to the target
-and renamed into place.
+and renamed into place.  With ``cache``, an identical earlier compile's artifact is taken
+from the compile cache instead (:mod:`lcc.compile_cache`); each stage's time goes to
+``report.json`` (``stage_seconds``).
 """
 
 from __future__ import annotations
 
+import json
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -18,7 +22,7 @@ import torch
 
 from lcc import artifact
 from lcc.artifact import Manifest, entry_signatures
-from lcc.backends import get_backend
+from lcc.backends import check_dtype, get_backend
 from lcc.capture import capture
 from lcc.diff import diff as run_diff, logit_limit
 from lcc.errors import CheckFailed, UsageError
@@ -47,40 +51,163 @@ class Stages:
         pass
 
 
+class _Timed(Stages):
+    """Passes a compile's progress on to ``inner`` and keeps each stage's wall time in ``times`` (seconds)."""
+
+    def __init__(self, inner: Stages):
+        self.inner, self.times = inner, {}
+        self._stage, self._t0 = None, 0.0
+
+    def _stop(self) -> None:
+        if self._stage is not None:
+            self.times[self._stage] = round(time.perf_counter() - self._t0, 3)
+            self._stage = None
+
+    def start(self, stage: str, total: int | None = None) -> None:
+        self._stop()
+        self._stage, self._t0 = stage, time.perf_counter()
+        self.inner.start(stage, total)
+
+    def advance(self, stage: str, note: str = "") -> None:
+        self.inner.advance(stage, note)
+
+    def finish(self) -> None:
+        self._stop()
+        self.inner.finish()
+
+
 @dataclass
 class CompileResult:
     out: Path
     manifest: Manifest
     report: dict = field(default_factory=dict)
+    cached: bool = False  # installed from the compile cache (lcc.compile_cache), not compiled
 
 
-def _check_lowered(backend, out_dir, manifest, program, ids) -> dict:
-    """The lowered prefill (and prefill_logits) against the program it came from, on the sample input."""
+def _check_lowered(backend, out_dir, manifest, program, ids, floor: float | None = None) -> dict:
+    """The lowered prefill (and prefill_logits) against the program it came from, on the sample input, within
+    the fp32 rule or, for a half-precision program, ``floor`` (its stages' limit against the fp32 oracle)."""
     loaded = backend.load(out_dir, manifest)
     max_abs, limit = 0.0, 0.0
+    empty = program.cache.empty()  # shared by the program's runs: its exported graphs never write their inputs
     for name in ("prefill_logits", "prefill"):  # prefill last: its logits give top-1
         if name not in program.entries or name not in loaded.entries:
             continue
         with torch.inference_mode():
-            want = program.entries[name](ids, *program.cache.empty())[0]
-            got = torch.as_tensor(loaded.entries[name](ids, *program.cache.empty())[0])
-        max_abs, limit = max(max_abs, float((got - want).abs().max())), max(limit, logit_limit(want))
+            want = program.entries[name](ids, *empty)[0].float()
+            got = torch.as_tensor(loaded.entries[name](ids, *program.cache.empty())[0]).float()
+        max_abs = max(max_abs, float((got - want).abs().max()))
+        limit = max(limit, logit_limit(want), floor or 0.0)
     return {"name": f"lowered:{backend.name}", "exact": True, "max_abs": max_abs, "limit": limit,
             "ok": max_abs <= limit, "top1": float((got.argmax(-1) == want.argmax(-1)).float().mean())}
 
 
 def compile_model(loaded: LoadedModel, target_len: int, backend_name: str, passes: list[PassSpec] | None,
                   out: Path, force: bool = False, device: str = "cpu", plan_fn: Callable | None = None,
-                  progress: Stages | None = None) -> CompileResult:
-    """Plan (unless ``passes`` are given) for ``device`` (a hardware profile), check, lower, write ``out``."""
-    stages = progress or Stages()
+                  progress: Stages | None = None, dtype: str = "float32", kv_cache_dtype: str | None = None,
+                  target: str | None = None, cache: bool = False) -> CompileResult:
+    """Plan (unless ``passes`` are given) for ``device`` (a hardware profile), check, lower, write ``out``.
+
+    ``cache``: take the artifact from the compile cache when these inputs were compiled before, and keep
+    the result there (:mod:`lcc.compile_cache`); ``dtype``, ``kv_cache_dtype`` and ``target`` are in its key."""
+    from lcc.target import parse_target
+
+    target = str(parse_target(target))  # None is cpu: one spelling in the cache key and lcc.json
     out = check_out(out, force)
     backend = get_backend(backend_name)
+    check_dtype(backend, dtype)
+    if loaded.spec.dtype != dtype:
+        raise UsageError(f"--dtype {dtype}: the model was loaded in {loaded.spec.dtype}; load it in {dtype}")
+    if passes is None and plan_fn is None:
+        raise UsageError("no planner is available in this installation: give the passes with --pass")
+    inputs = None
+    if cache:
+        from lcc.compile_cache import enabled
+
+        # a malformed LCC_COMPILE_CACHE_MAX is a usage error now, not after the compile; weights never hashed
+        # (a weights-free load) cannot be told apart, so they are never cached
+        cache = enabled() and bool(loaded.weights_hash)
+    if cache:
+        inputs = cache_inputs(loaded.weights_hash, loaded.spec.model_id, target_len, backend.name, passes, device,
+                              dtype, kv_cache_dtype, target)
+        hit = from_cache(inputs, out, force)
+        if hit is not None:
+            return hit
+    result = _compile(loaded, target_len, backend, passes, out, force, device, plan_fn, progress, target,
+                      kv_cache_dtype)
+    if inputs is not None:
+        from lcc import compile_cache
+
+        compile_cache.store(compile_cache.key_of(inputs), inputs, result.out)
+    return result
+
+
+def cache_inputs(weights_hash: str, model_id: str, target_len: int, backend_name: str,
+                 passes: list[PassSpec] | None, device: str = "cpu", dtype: str = "float32",
+                 kv_cache_dtype: str | None = None, target: str | None = None) -> dict:
+    """The compile cache's key inputs of a compile (:func:`lcc.compile_cache.key_inputs`), computed from the
+    weights hash alone: with ``passes`` None, the plan's inputs for the ``device`` profile."""
+    from lcc import compile_cache
+
+    return compile_cache.key_inputs(weights_hash, model_id, target_len, backend_name, passes,
+                                    compile_cache.profile_inputs(device),
+                                    compile_cache.plan_inputs(weights_hash) if passes is None else None,
+                                    target, dtype, kv_cache_dtype)
+
+
+def from_cache(inputs: dict, out: Path, force: bool = False) -> CompileResult | None:
+    """The artifact of ``inputs`` (:func:`cache_inputs`) installed at ``out`` from the compile cache, or
+    ``None`` when it holds none (a damaged entry is deleted and is a miss)."""
+    from lcc import compile_cache
+    from lcc.integrity import record_built
+
+    out = check_out(out, force)
+    if not compile_cache.restore(compile_cache.key_of(inputs), out, force):
+        return None
+    manifest = artifact.load(out)
+    native_files = getattr(get_backend(manifest.backend), "native_files", None)
+    if native_files is not None:  # built here (the key holds the lcc and torch it was built with)
+        record_built(out, native_files(out))
+    report = json.loads((out / "report.json").read_text())
+    return CompileResult(out, manifest, report, cached=True)
+
+
+def default_out(model_id: str, target_len: int, backend_name: str) -> Path:
+    """``--out``'s default: MODEL-LEN-BACKEND in the working directory."""
+    from lcc.lengths import format_length
+
+    return Path(f"{Path(model_id).name}-{format_length(target_len)}-{backend_name}")
+
+
+def from_cache_by_name(model: str, target_len: int, backend_name: str, passes: list[PassSpec] | None,
+                       out: Path | None, force: bool = False, device: str = "cpu", dtype: str = "float32",
+                       kv_cache_dtype: str | None = None, target: str | None = None) -> CompileResult | None:
+    """:func:`from_cache` before the weights load: when the loader knows the weights hash of ``model`` (a preset,
+    directory or file name) from its files alone; ``None`` otherwise (``compile_model`` looks again)."""
+    from lcc.compile_cache import cached_weights_hash, enabled
+
+    weights_hash = cached_weights_hash(model) if enabled() else None
+    if weights_hash is None:
+        return None
+    model_id = str(Path(model))  # what the loader names a preset, a directory, a file or a hub id
+    out = Path(out) if out is not None else default_out(model_id, target_len, backend_name)
+    inputs = cache_inputs(weights_hash, model_id, target_len, backend_name, passes, device, dtype, kv_cache_dtype,
+                          target)
+    return from_cache(inputs, out, force)
+
+
+def _compile(loaded: LoadedModel, target_len: int, backend, passes: list[PassSpec] | None, out: Path,
+             force: bool, device: str, plan_fn: Callable | None, progress: Stages | None,
+             target: str | None, kv_cache_dtype: str | None = None) -> CompileResult:
+    """The compile itself, each stage timed (``report["stage_seconds"]``)."""
+    from lcc.target import parse_target
+
+    where = parse_target(target)
+    dtype = loaded.spec.dtype
+    stages = _Timed(progress or Stages())
     plan = {"source": "user", "passes": [str(p) for p in passes or []], "reason": "passes given on the command line",
             "device": device}
     if passes is None:
-        if plan_fn is None:
-            raise UsageError("no planner is available in this installation: give the passes with --pass")
         stages.start("plan", 1)
         plan, passes = plan_fn(loaded, target_len, device)
         stages.advance("plan")
@@ -91,14 +218,15 @@ def compile_model(loaded: LoadedModel, target_len: int, backend_name: str, passe
         raise CheckFailed(f"exact stages out of tolerance on a {min(CHECK_LEN, target_len)}-token sample: "
                           f"{', '.join(failed)}; `lcc diff MODEL --pass ...` shows every stage")
     stages.start("capture", 2 + len(passes))
-    base = canonicalize(capture(loaded, capacity=target_len, entries=ENTRIES))
+    base = canonicalize(capture(loaded, capacity=target_len, entries=ENTRIES, cache_dtype=kv_cache_dtype))
     stages.advance("capture", "canonical")
     program = apply_passes(base, passes, on_stage=lambda p: stages.advance("capture", p.stage))
     stages.advance("capture", "cost")
     tmp = make_tmp(out)
     try:
         stages.start("lower", None)
-        lowered = backend.lower(program, tmp, entries=ENTRIES, progress=lambda s: stages.advance("lower", s))
+        lowered = backend.lower(program, tmp, target=target, dtype=dtype, entries=ENTRIES,
+                                progress=lambda s: stages.advance("lower", s))
         if loaded.tokenizer is not None:
             loaded.tokenizer.save_pretrained(tmp)
         manifest = Manifest(
@@ -111,25 +239,34 @@ def compile_model(loaded: LoadedModel, target_len: int, backend_name: str, passe
             files=sorted(lowered.files),
             lowering={"native": lowered.native, "fallbacks": sorted(lowered.fallbacks), "notes": lowered.notes},
             checks=[{"stage": r.name, "exact": r.exact, "ok": r.ok} for r in reports],
+            dtype=dtype,
+            target=str(where),
         )
         manifest.write(tmp)
         stages.start("check lowered", 1)
         from lcc.data import sample_ids
 
         ids = torch.tensor([sample_ids(loaded.tokenizer, min(CHECK_LEN, target_len), loaded.spec.vocab)])
-        lowered_check = _check_lowered(backend, tmp, manifest, program, ids)
+        if where.is_cuda and not torch.cuda.is_available():
+            lowered_check = {"name": f"lowered:{backend.name}", "exact": True, "unchecked": "no CUDA here",
+                             "ok": True}
+        else:
+            # half precision: the lowered program may differ from the in-memory one by the dtype's own noise
+            floor = max((r.limit for r in reports if r.exact and r.against == "fp32 oracle"), default=None)
+            lowered_check = _check_lowered(backend, tmp, manifest, program, ids, floor)
         stages.advance("check lowered")
         stages.start("report", 2)
         report = {"stages": [r.to_dict() for r in reports], "lowered": lowered_check, "plan": plan,
                   "cost": cost_curves(base, program, passes, target_len, device, tmp / "cost.png"),
-                  "timings": lowered.timings}
+                  "timings": lowered.timings, "stage_seconds": stages.times}
         stages.advance("report", "cost.png")
-        from lcc.report import write_report
+        from lcc.report import write_json, write_report
 
         write_report(tmp, manifest, report)
         stages.advance("report", "report.md")
-        seal(backend, tmp)
         stages.finish()
+        write_json(tmp, report)  # with the report stage's own time
+        seal(backend, tmp)
         install(tmp, out, force)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -158,15 +295,21 @@ def cost_curves(base, program, passes, target_len: int, device: str, png: Path) 
     profile = load_profile(device)
     lengths = curve_lengths(target_len)
     label = " + ".join(str(p) for p in passes) or "no passes"
-    curves = {label: [program_cost(program, profile.kind).evaluate(n, profile) for n in lengths]}
+    curves = {label: [program_cost(_priced(program), profile.kind).evaluate(n, profile) for n in lengths]}
     if passes:
-        bare = program_cost(base, profile.kind)
+        bare = program_cost(_priced(base), profile.kind)
         curves["no passes"] = [bare.evaluate(n, profile) for n in lengths]
     plot_cost(curves, str(png), f"{program.spec.model_id}: predicted cost on {profile.name}",
               BUDGET_FRACTION * profile.memory_bytes)
     return {"device": profile.name, "lengths": lengths,
             "curves": {k: [{"memory": e.memory, "prefill_time": e.prefill_time} for e in v]
                        for k, v in curves.items()}}
+
+
+def _priced(program):
+    """``program`` with only the entries an evaluation reads (``ProgramCost.prefill`` and ``.decode``): walking
+    ``prefill_logits`` too took three quarters of the cost curves' time and changed no figure."""
+    return program.with_entries({k: v for k, v in program.entries.items() if k in ("prefill", "decode")})
 
 
 def seal(backend, out_dir: Path) -> None:

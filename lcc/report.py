@@ -95,10 +95,15 @@ def _fmt(x) -> str:
     return "-" if x is None else f"{x:.2f}"
 
 
+def write_json(out: Path, report: dict) -> None:
+    """``report.json`` of the artifact in ``out`` (written again at the end of a compile: the report stage's time)."""
+    (Path(out) / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+
+
 def write_report(out: Path, manifest, report: dict) -> None:
     """report.json, report.md and errors.png of the artifact in ``out`` (``manifest``: its lcc.artifact.Manifest)."""
     out = Path(out)
-    (out / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    write_json(out, report)
     stages = report["stages"]
     parts = [f"# lcc compile report: {manifest.model_id} at {manifest.target_len} tokens, "
              f"backend {manifest.backend}", ""]
@@ -119,8 +124,10 @@ def write_report(out: Path, manifest, report: dict) -> None:
     if notes:
         parts += notes + [""]
     low = report["lowered"]
-    parts += ["## Lowering", "", f"{low['name']}: max abs logit error against the rewritten program "
-              f"{low['max_abs']:.2e}, top-1 agreement {low['top1']:.3f}", ""]
+    check = (f"unchecked ({low['unchecked']}): run `lcc diff` where the target runs" if "unchecked" in low else
+             f"max abs logit error against the rewritten program {low['max_abs']:.2e}, top-1 agreement "
+             f"{low['top1']:.3f}")
+    parts += ["## Lowering", "", f"{low['name']}: {check}", ""]
     native = manifest.lowering["native"]
     parts += [_md_table(["op", "implementation"], [[k, v] for k, v in sorted(native.items())]), ""]
     if manifest.lowering["fallbacks"]:

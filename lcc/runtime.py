@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import copy
+import weakref
 from dataclasses import dataclass
 
 import torch
+import torch.fx
 
-from lcc.capture.program import Program
+from lcc.capture.program import Program, copy_graph_module
 
 
 @dataclass
@@ -74,6 +76,75 @@ def _retarget(value, dev: torch.device):
     return value
 
 
+def write_cache_in_place(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """A copy of the entry graph ``gm`` whose cache writes update the cache inputs in place and return them.
+
+    Captured entries write each layer's cache functionally (``index_copy`` for a decode step,
+    ``slice_scatter`` for a prefill), which copies the whole capacity-sized tensor per layer and
+    step. Where a cache input's only use is such a write, it becomes ``index_copy_`` / a ``copy_``
+    into a ``slice`` of that input, so a step moves only the new keys and values. Valid only for a
+    caller that owns the cache it passes and never reuses the old tensors, as the runtime does;
+    the entry-point contract (``decode(input_ids, position, *cache) -> (logits, *cache)``) holds.
+    ``gm`` is not modified; the copy shares its weights.
+    """
+    new = copy_graph_module(gm)
+    graph = new.graph
+    for x in [n for n in graph.nodes if n.op == "placeholder"]:
+        if len(x.users) != 1:
+            continue
+        (write,) = x.users
+        if write.op != "call_function" or not write.args or write.args[0] is not x:
+            continue
+        if write.target is torch.ops.aten.index_copy.default:
+            write.target = torch.ops.aten.index_copy_.default
+        elif write.target is torch.ops.aten.slice_scatter.default:
+            src, dim, start, end, step = _slice_scatter_args(write)
+            with graph.inserting_before(write):
+                view = graph.call_function(torch.ops.aten.slice.Tensor, (x, dim, start, end, step))
+                graph.call_function(torch.ops.aten.copy_.default, (view, src))
+            write.replace_all_uses_with(x)
+            graph.erase_node(write)
+    new.recompile()
+    return new
+
+
+def _slice_scatter_args(node: torch.fx.Node):
+    """(src, dim, start, end, step) of an ``aten.slice_scatter`` node, defaults filled in."""
+    names = ("self", "src", "dim", "start", "end", "step")
+    given = {**dict(zip(names, node.args)), **node.kwargs}
+    return given["src"], given.get("dim", 0), given.get("start"), given.get("end"), given.get("step", 1)
+
+
+_OWNED: "weakref.WeakKeyDictionary[torch.fx.GraphModule, torch.fx.GraphModule]" = weakref.WeakKeyDictionary()
+
+
+def _owning(entry):
+    """The entry the runtime calls: for an FX graph, its in-place-cache copy (made once per graph)."""
+    if not isinstance(entry, torch.fx.GraphModule):
+        return entry
+    owned = _OWNED.get(entry)
+    if owned is None:
+        owned = _OWNED[entry] = write_cache_in_place(entry)
+    return owned
+
+
+def empty_cache(layout, device) -> list[torch.Tensor]:
+    """``layout.empty(device)``, on the CPU allocated as untouched zero pages (calloc), so the memory a
+    cache holds grows with the positions written rather than with its capacity."""
+    if torch.device(device).type != "cpu":
+        return layout.empty(device)
+    import numpy as np
+
+    out = []
+    for shape, dtype in zip(layout.shapes(), layout.dtypes()):
+        dt = getattr(torch, dtype)
+        try:
+            out.append(torch.from_numpy(np.zeros(shape, dtype=torch.empty(0, dtype=dt).numpy().dtype)))
+        except TypeError:  # a dtype numpy lacks (bfloat16...)
+            out.append(torch.zeros(shape, dtype=dt))
+    return out
+
+
 @torch.inference_mode()
 def generate_ids(program: Program, prompt_ids: torch.Tensor, max_new_tokens: int,
                  stop: set[int] = frozenset(), cache_layout=None) -> list[int]:
@@ -82,7 +153,7 @@ def generate_ids(program: Program, prompt_ids: torch.Tensor, max_new_tokens: int
     ``program`` is anything with ``entries`` (a Program or a loaded artifact); ``cache_layout``
     defaults to ``program.cache``.
     """
-    prefill, decode = program.entries["prefill"], program.entries["decode"]
+    prefill, decode = _owning(program.entries["prefill"]), _owning(program.entries["decode"])
     layout = cache_layout or program.cache
     n = prompt_ids.shape[1]
     ring = layout.ring is not None  # StreamingLLM's cache: constant size, no end
@@ -93,9 +164,9 @@ def generate_ids(program: Program, prompt_ids: torch.Tensor, max_new_tokens: int
                          f"{layout.capacity}: compile with a larger --target-len or ask for fewer tokens")
     dev = device_of(program)
     if n == 1:  # prefill is captured for S >= 2; one token is a decode step at position 0 on an empty cache
-        logits, *cache = decode(prompt_ids.to(dev), torch.tensor(0, device=dev), *layout.empty(dev))
+        logits, *cache = decode(prompt_ids.to(dev), torch.tensor(0, device=dev), *empty_cache(layout, dev))
     else:
-        logits, *cache = prefill(prompt_ids.to(dev), *layout.empty(dev))
+        logits, *cache = prefill(prompt_ids.to(dev), *empty_cache(layout, dev))
     out: list[int] = []
     token = logits[:, -1].argmax(-1)
     for step in range(max_new_tokens):

@@ -4,6 +4,9 @@ import warnings
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# the compile cache stays off in tests (tests/test_compile_cache.py turns it on in its own directory): a hit from
+# an earlier run would answer a test that means to compile
+os.environ.setdefault("LCC_COMPILE_CACHE_MAX", "0")
 # Without a GPU, Triton kernels run in its interpreter; the mode is read when triton is first
 # imported (torch.export imports it), so it is set here, before any test module loads.
 import torch  # noqa: E402  (importing torch does not import triton)

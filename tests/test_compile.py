@@ -50,10 +50,26 @@ def test_planned_compile_records_the_plan_for_the_device(tmp_path, tiny):
     assert m["plan"]["source"] == "planner" and m["plan"]["device"] == "h100"
     assert m["plan"]["passes"] == plan(loaded, 4096, "h100").passes
     assert [c["stage"] for c in m["checks"]][3:] == [str(parse_pass(p)) for p in m["plan"]["passes"]]
+    assert set(result.report["stage_seconds"]) == {"plan", "check", "capture", "lower", "check lowered", "report"}
     cost = result.report["cost"]
     assert cost["device"] == "h100" and cost["lengths"] == [1024, 2048, 4096]
     mem = [e["memory"] for e in next(iter(cost["curves"].values()))]
     assert mem == sorted(mem) and mem[0] < mem[-1]  # the cache grows with the length
+
+
+def test_cost_curves_are_the_evaluation_of_every_entry(tmp_path, tiny):
+    """The report's curves walk only the entries an evaluation reads; the figures are those of the whole program."""
+    from lcc.capture import capture
+    from lcc.compile import ENTRIES, cost_curves
+    from lcc.cost import load_profile, program_cost
+    from lcc.passes import canonicalize
+
+    program = canonicalize(capture(tiny("llama"), 2048, entries=ENTRIES))
+    curves = cost_curves(program, program, [], 2048, "h100", tmp_path / "cost.png")
+    profile = load_profile("h100")
+    whole = program_cost(program, profile.kind)
+    want = [whole.evaluate(n, profile) for n in curves["lengths"]]
+    assert curves["curves"]["no passes"] == [{"memory": e.memory, "prefill_time": e.prefill_time} for e in want]
 
 
 def test_same_inputs_give_byte_identical_manifest(tmp_path, tiny):
@@ -90,7 +106,8 @@ def test_cli_compile_then_run(tmp_path):
     def lcc(*args):
         return subprocess.run([sys.executable, "-m", "lcc", *args], capture_output=True, text=True, timeout=600)
 
-    r = lcc("compile", "tiny-qwen3", "--target-len", "256", "--pass", "flash", "--out", str(tmp_path / "q"))
+    r = lcc("compile", "tiny-qwen3", "--target-len", "256", "--pass", "flash", "--out", str(tmp_path / "q"),
+            "--no-cache")  # a compile, not a hit from an earlier run: its progress is what is checked
     assert r.returncode == 0, r.stderr
     for stage in ("check", "capture", "lower", "check lowered", "report"):  # a progress bar per stage
         assert any(line.split()[:len(stage.split())] == stage.split() for line in r.stderr.splitlines()), stage
@@ -99,8 +116,8 @@ def test_cli_compile_then_run(tmp_path):
     assert r.returncode == 0, r.stderr
     r = lcc("compile", "tiny-qwen3", "--target-len", "256", "--backend", "cuda-magic")
     assert r.returncode == 2 and "unknown backend 'cuda-magic'" in r.stderr
-    r = lcc("compile", "tiny-qwen3", "--target-len", "256", "--device", "tpu")
-    assert r.returncode == 2 and "unknown device 'tpu'" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = lcc("compile", "tiny-qwen3", "--target-len", "256", "--profile", "tpu")
+    assert r.returncode == 2 and "unknown profile 'tpu'" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     r = lcc("run", str(tmp_path), "--prompt", "x y")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
 

@@ -38,3 +38,34 @@ def test_layout_names_every_package_and_top_level_module():
     assert sorted(want - set(lines)) == [] and sorted(set(lines) - want) == []
     nested = [line.split()[0] for line in _section("Layout").splitlines() if line.startswith("  ")]
     assert {"backends/onnx", "backends/tvm", "backends/triton", "ops/masks"} <= set(nested)
+
+
+def _pyproject() -> dict:
+    import tomllib
+
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def _dist(requirement: str) -> str:
+    import re
+
+    return re.match(r"[A-Za-z0-9_.-]+", requirement).group(0).lower()
+
+
+def test_every_base_dependency_is_imported_by_lcc():
+    import re
+
+    source = "\n".join(p.read_text() for p in (ROOT / "lcc").rglob("*.py"))
+    for dist in map(_dist, _pyproject()["project"]["dependencies"]):
+        assert re.search(rf"^\s*(import|from) {dist.replace('-', '_')}\b", source, re.M), f"{dist} is never imported"
+
+
+def test_cpu_and_cuda_onnxruntime_are_alternative_extras():
+    extras = _pyproject()["project"]["optional-dependencies"]
+    base = {_dist(r) for r in _pyproject()["project"]["dependencies"]}
+    cpu, cuda = {_dist(r) for r in extras["onnx"]}, {_dist(r) for r in extras["cuda"]}
+    assert "onnxruntime" in cpu and "onnxruntime-gpu" in cuda and not ({"onnxruntime", "onnxruntime-gpu"} & base)
+    assert not any(cuda & {_dist(r) for r in extras[name]} for name in extras if name != "cuda")
+    assert "triton" not in base and "triton" in {_dist(r) for r in extras["test"]}
+    readme = (ROOT / "README.md").read_text()
+    assert all(f"lcc[{name}]" in readme for name in ("onnx", "cuda", "tvm", "triton"))

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from lcc.capture.export import capture
-from lcc.passes import apply_passes, canonicalize
-from lcc.runtime import device_of, generate_ids, to_device
+from lcc.passes import apply_passes, canonicalize, parse_pass
+from lcc.runtime import device_of, empty_cache, generate_ids, to_device
 from tests.test_cli import lcc
 
 
@@ -31,6 +31,105 @@ def test_to_device_rewrites_graph_devices_and_leaves_the_original(tiny):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA message")
 def test_eval_device_cuda_without_cuda_is_a_usage_error():
-    r = lcc("eval", "tiny-llama", "--task", "ppl", "--lengths", "64", "--device", "cuda", "--text", "README.md")
+    r = lcc("eval", "tiny-llama", "--task", "ppl", "--lengths", "64", "--target", "cuda", "--text", "README.md")
     assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1 and "--device cuda" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "--target cuda" in r.stderr, r.stderr
+    # the old flag: a note saying what it now means, then the same one-line error
+    r = lcc("eval", "tiny-llama", "--task", "ppl", "--lengths", "64", "--device", "cuda", "--text", "README.md")
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 2 and "--device is now --target" in lines[0], r.stderr
+
+
+@pytest.fixture(scope="module")
+def tiny_artifact(tiny, tmp_path_factory):
+    """A torch-backend artifact of tiny-llama (capacity 64) with RoPE scaling and the flash path, as the quickstart."""
+    from lcc.compile import compile_model
+
+    out = tmp_path_factory.mktemp("runtime-artifact") / "a"
+    compile_model(tiny("llama"), 64, "torch", [parse_pass("rope-scaling:method=dynamic-ntk,factor=4"),
+                                               parse_pass("flash")], out)
+    return out
+
+
+def test_in_place_cache_writes_give_the_functional_graphs_logits_and_cache_over_several_steps(tiny_artifact):
+    from lcc.backends.torch_export import BACKEND
+    from lcc.capture.program import CacheLayout
+    from lcc.artifact import load
+    from lcc.runtime import empty_cache, write_cache_in_place
+
+    loaded = BACKEND.load(tiny_artifact)
+    layout = CacheLayout.from_dict(load(tiny_artifact).cache)
+    prefill, decode = loaded.entries["prefill"], loaded.entries["decode"]
+    in_prefill, in_decode = write_cache_in_place(prefill), write_cache_in_place(decode)
+    assert not [n for n in in_decode.graph.nodes if n.target is torch.ops.aten.index_copy.default]
+    assert not [n for n in in_prefill.graph.nodes if n.target is torch.ops.aten.slice_scatter.default]
+    prompt = torch.randint(0, 256, (1, 9), generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        want, *want_cache = prefill(prompt, *layout.empty())
+        owned = empty_cache(layout, "cpu")
+        got, *got_cache = in_prefill(prompt, *owned)
+        assert all(g is o for g, o in zip(got_cache, owned))  # written in place, returned as the same tensors
+        for step in range(6):
+            assert torch.equal(got, want) and all(torch.equal(g, w) for g, w in zip(got_cache, want_cache))
+            token, position = want[:, -1].argmax(-1).view(1, 1), torch.tensor(9 + step)
+            before = [t.clone() for t in want_cache]
+            want, *new_cache = decode(token, position, *want_cache)
+            assert all(torch.equal(b, c) for b, c in zip(before, want_cache))  # the loaded graph stays functional
+            want_cache = new_cache
+            got, *got_cache = in_decode(token, position, *got_cache)
+        assert torch.equal(got, want) and all(torch.equal(g, w) for g, w in zip(got_cache, want_cache))
+
+
+def test_the_in_place_rewrite_leaves_the_loaded_graph_functional(tiny_artifact):
+    from lcc.backends.torch_export import BACKEND
+    from lcc.runtime import write_cache_in_place
+
+    decode = BACKEND.load(tiny_artifact).entries["decode"]
+    code = decode.code
+    targets = {n.target for n in write_cache_in_place(decode).graph.nodes}
+    assert torch.ops.aten.index_copy_.default in targets
+    assert decode.code == code and torch.ops.aten.index_copy_.default not in {n.target for n in decode.graph.nodes}
+
+
+def test_generate_ids_on_the_artifact_matches_greedy_steps_of_the_functional_graphs(tiny_artifact):
+    from lcc.backends.torch_export import BACKEND
+    from lcc.capture.program import CacheLayout
+    from lcc.artifact import load
+
+    loaded = BACKEND.load(tiny_artifact)
+    layout = CacheLayout.from_dict(load(tiny_artifact).cache)
+    prompt = torch.randint(0, 256, (1, 7), generator=torch.Generator().manual_seed(4))
+    with torch.inference_mode():
+        logits, *cache = loaded.entries["prefill"](prompt, *layout.empty())
+        want = []
+        for step in range(8):
+            want.append(int(logits[0, -1].argmax()))
+            logits, *cache = loaded.entries["decode"](torch.tensor([[want[-1]]]), torch.tensor(7 + step), *cache)
+    assert generate_ids(loaded, prompt, 8, cache_layout=layout) == want
+
+
+def test_empty_cache_is_the_layouts_zeros():
+    from lcc.capture.program import CacheLayout
+
+    layout = CacheLayout(batch=1, capacity=64, layers=2, kv_heads=3, head_dim=8)
+    got, want = empty_cache(layout, "cpu"), layout.empty()
+    assert [(t.shape, t.dtype) for t in got] == [(t.shape, t.dtype) for t in want]
+    assert all(torch.equal(g, w) for g, w in zip(got, want))
+    bf16 = CacheLayout(batch=1, capacity=64, layers=1, kv_heads=1, head_dim=8, dtype="bfloat16")
+    assert [t.dtype for t in empty_cache(bf16, "cpu")] == [torch.bfloat16] * 2
+
+
+@pytest.mark.parametrize("algo", ["auto", "flash", "chunked"])
+@pytest.mark.parametrize("mask", ["causal", "sliding:window=5,sinks=0"])
+def test_cpu_attention_reads_only_the_filled_keys(algo, mask):
+    """Keys and values past ``kv_len`` hold NaN: any read of them would poison the output."""
+    from lcc.ops.attention import attention_reference
+
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 6, 2, 16, generator=gen)
+    k, v = torch.randn(1, 2, 64, 16, generator=gen), torch.randn(1, 2, 64, 16, generator=gen)
+    kv_len = 23
+    k[:, :, kv_len:], v[:, :, kv_len:] = float("nan"), float("nan")
+    got = torch.ops.lcc.attention(q, k, v, torch.tensor(kv_len), 0.25, mask, algo)
+    want = attention_reference(q, k[:, :, :kv_len], v[:, :, :kv_len], None, 0.25, mask)  # only the filled keys
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)

@@ -16,6 +16,7 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Sequence
 
+from lcc.dtypes import DTYPES  # every dtype lcc lowers to; each backend says which of them it can
 from lcc.errors import UsageError
 
 
@@ -30,6 +31,7 @@ class Lowered:
 
 class Backend(Protocol):
     name: str
+    dtypes: tuple[str, ...]  # the dtypes ``lower`` can emit (weights and compute); absent: float32 only
 
     def available(self) -> str | None: ...  # None if usable here, else why not
 
@@ -43,13 +45,45 @@ class Backend(Protocol):
     # manifest lists that ``load`` would execute (lcc.integrity gates them).
 
 
-DTYPES = ("float32",)  # what backends lower today; the GPU issue adds half precision
+def _resolve(backend):
+    """The backend object of a registered name (imported if need be), or ``backend`` itself."""
+    if isinstance(backend, str):
+        backend = _BACKENDS.get(backend)
+        if isinstance(backend, str):
+            backend = getattr(importlib.import_module(backend), "BACKEND", None)
+    return backend
 
 
-def check_dtype(backend: str, dtype: str) -> None:
-    """Usage error unless backend ``backend`` can lower programs to ``dtype``."""
+def backend_dtypes(backend) -> tuple[str, ...]:
+    """The dtypes ``backend`` (a backend object, or the name it is registered under) can emit."""
+    return tuple(getattr(_resolve(backend), "dtypes", ("float32",)))
+
+
+def check_dtype(backend, dtype: str) -> None:
+    """Usage error unless ``backend`` (a backend object, or its registered name) can emit ``dtype``.
+
+    A backend may say why it refuses a dtype in ``dtype_refusals`` ({dtype: reason}); the reason ends the line.
+    """
+    name = backend if isinstance(backend, str) else backend.name
     if dtype not in DTYPES:
-        raise UsageError(f"--dtype {dtype}: the {backend} backend lowers {', '.join(DTYPES)} programs")
+        raise UsageError(f"--dtype {dtype}: lcc lowers {', '.join(DTYPES)}")
+    emits = backend_dtypes(backend)
+    if dtype not in emits:
+        why = getattr(_resolve(backend), "dtype_refusals", {}).get(dtype)
+        raise UsageError(f"--dtype {dtype}: the {name} backend emits {', '.join(emits)}" + (f" ({why})" if why else ""))
+
+
+def check_program_dtype(program, dtype: str) -> None:
+    """RuntimeError unless the program's floating-point parameters are all ``dtype``.
+
+    The model is loaded and captured in the artifact's dtype; a backend emits what it is given and never
+    casts, so the cache layout and entry signatures recorded for the program stay true of the artifact.
+    """
+    found = {str(p.dtype).removeprefix("torch.") for gm in program.entries.values() for p in gm.parameters()
+             if p.is_floating_point()}
+    if found - {dtype}:
+        raise RuntimeError(f"lowering to {dtype} a program whose weights are {', '.join(sorted(found))}: "
+                           f"load the model in {dtype} before capture")
 
 
 # name -> the backend object, or the module path of a module that defines BACKEND
@@ -58,6 +92,7 @@ _BACKENDS: dict[str, Any] = {
     "onnx": "lcc.backends.onnx",
     "tvm": "lcc.backends.tvm",
     "triton": "lcc.backends.triton.compile",
+    "hf": "lcc.backends.hf",
 }
 
 

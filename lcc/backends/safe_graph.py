@@ -65,6 +65,12 @@ def _problems(obj, key=None):
 
 def check_graph_json(data: bytes, where: str) -> bytes:
     """``data`` unchanged when it is a safe exported-program JSON; a usage error naming the problem otherwise."""
+    load_graph_json(data, where)
+    return data
+
+
+def load_graph_json(data: bytes, where: str) -> dict:
+    """The parsed JSON tree of ``data`` when it is a safe exported-program JSON; a usage error otherwise."""
     try:
         tree = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -79,4 +85,4 @@ def check_graph_json(data: bytes, where: str) -> bytes:
             raise UsageError(f"{where}: {why}; refusing to load it")
     for why in _problems(tree):
         raise UsageError(f"{where}: {why}; refusing to load it")
-    return data
+    return tree

@@ -10,19 +10,25 @@ serialisation of the entry's exported program (``torch._export.serde``) and
 entries, each tensor once (tied and shared tensors are aliases in its metadata).
 No example inputs and no cache tensors are stored. ``torch.export.save`` is not
 used: its archive keeps example inputs (a zero cache of the full capacity) and its
-loader falls back to an unrestricted unpickle. The JSON is checked before torch
-reads it (:mod:`lcc.backends.safe_graph`), because torch's deserializer resolves
-node targets by name and evaluates shape expressions and guard code.
+loader falls back to an unrestricted unpickle. The JSON is checked first
+(:mod:`lcc.backends.safe_graph`), then read into an FX graph by :func:`graph_from_json`
+rather than torch's deserializer, which resolves node targets by name, evaluates shape
+expressions (sympy) and takes seconds per entry; the reader builds only the nodes, so an
+artifact loads in about the time it takes to map its weights.
 """
 
 from __future__ import annotations
 
 import json
+import keyword
+import math
+import operator
 from pathlib import Path
 
 import torch
-from lcc.backends import Lowered, check_dtype
-from lcc.backends.safe_graph import check_graph_json
+import torch.fx
+from lcc.backends import Lowered, check_dtype, check_program_dtype
+from lcc.backends.safe_graph import PLAIN_TARGETS, load_graph_json
 from lcc.errors import UsageError
 
 WEIGHTS = "weights.safetensors"
@@ -72,8 +78,13 @@ class WeightWriter:
     def save(self, path: Path) -> None:
         from safetensors.torch import save_file
 
+        import os
+
         save_file(self.tensors, str(path), metadata={"lcc.aliases": json.dumps(self.aliases, sort_keys=True),
                                                      "lcc.parameters": json.dumps(sorted(self.parameters))})
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(path, 0o666 & ~umask)  # safetensors writes 0600; an artifact is meant to be shared
 
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -101,6 +112,151 @@ def _constant_name(entry: str, name: str) -> str:
     return f"{entry}::{name}"
 
 
+# -- reading an entry's JSON (torch._export.serde's schema) into an FX graph --------------------------------
+
+_PLAIN_MODULES = {"_operator": operator, "torch": torch, "math": math}
+
+
+def _resolve(target: str):
+    """The callable a checked node target names: an op of an allowed namespace or a plain function."""
+    if target in PLAIN_TARGETS:
+        module, _, name = target.rpartition(".")
+        return getattr(_PLAIN_MODULES[module], name)
+    _, _, namespace, op, overload = target.split(".")  # torch.ops.<ns>.<op>.<overload>, as checked
+    return getattr(getattr(getattr(torch.ops, namespace), op), overload)
+
+
+# torch._export.serde.schema's enums by member name: torch's own maps live in serde.serialize, whose import
+# pulls in torch._dynamo (seconds); tests check this table against them
+_DTYPES = {"BYTE": torch.uint8, "CHAR": torch.int8, "SHORT": torch.int16, "INT": torch.int32, "LONG": torch.int64,
+           "HALF": torch.float16, "FLOAT": torch.float32, "DOUBLE": torch.float64, "COMPLEXFLOAT": torch.complex64,
+           "COMPLEXDOUBLE": torch.complex128, "BOOL": torch.bool, "BFLOAT16": torch.bfloat16}
+_LAYOUTS = {"Strided": torch.strided}
+_MEMORY_FORMATS = {"ContiguousFormat": torch.contiguous_format, "ChannelsLast": torch.channels_last,
+                   "ChannelsLast3d": torch.channels_last_3d, "PreserveFormat": torch.preserve_format}
+
+
+def serialized_enums() -> dict[str, dict[int, object]]:
+    """Argument kind -> {serialized enum value -> torch value} for the enums an entry's JSON holds."""
+    from torch._export.serde.schema import Layout, MemoryFormat, ScalarType
+
+    return {"as_scalar_type": {ScalarType[k].value: v for k, v in _DTYPES.items()},
+            "as_layout": {Layout[k].value: v for k, v in _LAYOUTS.items()},
+            "as_memory_format": {MemoryFormat[k].value: v for k, v in _MEMORY_FORMATS.items()}}
+
+
+class _GraphReader:
+    """Builds one FX graph from the nodes of a serialized exported program."""
+
+    def __init__(self):
+        self.graph = torch.fx.Graph()
+        self.env: dict[str, object] = {}  # serialized value name -> fx node (or constant)
+        self.enums = serialized_enums()
+
+    def value(self, arg: dict):
+        """The Python / fx value of one serialized ``Argument`` ({kind: body})."""
+        (kind, body), = arg.items()
+        if kind == "as_none":
+            return None
+        if kind == "as_tensor":
+            return self.env[body["name"]]
+        if kind == "as_tensors":
+            return [self.env[t["name"]] for t in body]
+        if kind == "as_optional_tensors":  # each {"as_tensor": ...} or {"as_none": ...}
+            return [self.value(a) for a in body]
+        if kind in ("as_sym_int", "as_sym_bool", "as_sym_float"):
+            (sub, v), = body.items()
+            return self.env[v] if sub == "as_name" else v
+        if kind in ("as_sym_ints", "as_sym_bools", "as_sym_floats"):
+            return [self.value({kind[:-1]: a}) for a in body]
+        if kind in self.enums:
+            return self.enums[kind][body]
+        if kind == "as_device":
+            return torch.device(body["type"], body.get("index"))
+        if kind in ("as_int", "as_bool", "as_string", "as_ints", "as_bools", "as_strings"):
+            return body
+        if kind == "as_float":
+            return float(body)
+        if kind == "as_floats":
+            return [float(x) for x in body]
+        raise ValueError(f"argument kind {kind} is not one lcc writes")
+
+    def call_args(self, target, inputs: list[dict]):
+        """(args, kwargs) of a node: an op's by its schema, as torch's deserializer orders them."""
+        given = {i["name"]: (self.value(i["arg"]), i.get("kind", 0)) for i in inputs}
+        if not isinstance(target, torch._ops.OpOverload):
+            return tuple(v for v, _ in given.values()), {}
+        args, kwargs = [], {}
+        for a in target._schema.arguments:
+            if a.name not in given:
+                continue
+            v, kind = given[a.name]
+            positional = kind == 1 or (kind != 2 and not a.kwarg_only and not a.has_default_value())
+            if positional or keyword.iskeyword(a.name):
+                args.append(v)
+            else:
+                kwargs[a.name] = v
+        return tuple(args), kwargs
+
+    def bind(self, node, out: dict) -> None:
+        (kind, body), = out.items()
+        if kind == "as_tensor":
+            self.env[body["name"]] = node
+        elif kind in ("as_sym_int", "as_sym_bool", "as_sym_float"):
+            self.env[body["as_name"]] = node
+        elif kind == "as_tensors":
+            for j, t in enumerate(body):
+                self.env[t["name"]] = self.graph.call_function(operator.getitem, (node, j))
+        elif kind != "as_none":
+            raise ValueError(f"output kind {kind} is not one lcc writes")
+
+    def node(self, n: dict) -> None:
+        target = _resolve(n["target"])
+        args, kwargs = self.call_args(target, n["inputs"])
+        node = self.graph.call_function(target, args, kwargs)
+        outs = n["outputs"]
+        returns = len(target._schema.returns) if isinstance(target, torch._ops.OpOverload) else 1
+        if returns == 1 and len(outs) == 1:
+            self.bind(node, outs[0])
+        else:
+            for i, out in enumerate(outs):
+                self.bind(self.graph.call_function(operator.getitem, (node, i)), out)
+
+
+def graph_from_json(tree: dict, tensors: dict[str, torch.Tensor], constants: dict[str, torch.Tensor]):
+    """The runnable GraphModule of one entry's exported-program JSON (checked by ``load_graph_json``).
+
+    It takes the user inputs positionally and returns the user outputs as a tuple, like
+    ``ExportedProgram.module()``; parameters, buffers and constants are attributes bound to
+    ``tensors`` (the mapped weights, not copied) and ``constants``.
+    """
+    gm_json = tree["graph_module"]
+    graph_json, signature = gm_json["graph"], gm_json["signature"]
+    reader, attrs = _GraphReader(), {}
+    for spec in signature["input_specs"]:
+        (kind, body), = spec.items()
+        if kind == "user_input":
+            (_, arg), = body["arg"].items()
+            reader.env[arg["name"]] = reader.graph.placeholder(arg["name"])
+            continue
+        source = {"parameter": ("parameter_name", tensors), "buffer": ("buffer_name", tensors),
+                  "tensor_constant": ("tensor_constant_name", constants)}.get(kind)
+        if source is None:
+            raise ValueError(f"input kind {kind} is not one lcc writes")
+        fqn = body[source[0]]
+        attrs[fqn] = source[1][fqn]
+        reader.env[body["arg"]["name"]] = reader.graph.get_attr(fqn)
+    for n in graph_json["nodes"]:
+        reader.node(n)
+    kinds = {k for spec in signature["output_specs"] for k in spec}
+    if kinds - {"user_output"}:
+        raise ValueError(f"output kinds {sorted(kinds - {'user_output'})} are not ones lcc writes")
+    outputs = [reader.value(o) for o in graph_json["outputs"]]
+    single = graph_json.get("is_single_tensor_return") and len(outputs) == 1
+    reader.graph.output(outputs[0] if single else tuple(outputs))
+    return torch.fx.GraphModule(attrs, reader.graph)
+
+
 OTHER_ENTRIES = ("prefill_full", "prefill_logits")  # entries lowered on request (lcc diff, perplexity)
 
 
@@ -120,6 +276,7 @@ class _Loaded:
 
 class TorchBackend:
     name = "torch"
+    dtypes = ("float32", "float16", "bfloat16")  # PyTorch runs the program in whatever dtype it was captured
 
     def available(self):
         return None
@@ -129,14 +286,21 @@ class TorchBackend:
         (PyTorch runs them on any device)."""
         from torch._export.serde.serialize import serialize
 
-        check_dtype(self.name, dtype)
+        check_dtype(self, dtype)
+        check_program_dtype(program, dtype)
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         weights = WeightWriter()
         files = []
         for name in entries or ENTRIES:
             ep = export_entry(program, name)
-            graph = serialize(ep).exported_program  # JSON bytes; its state dict / constants / inputs are not kept
+            # JSON bytes only: the state dict, constants and example inputs (a zero cache of the full capacity)
+            # are not serialised at all (they were, then dropped: half of the lowering's time)
+            try:
+                graph = serialize(ep, serialize_state_dict=False, serialize_constants=False,
+                                  serialize_example_inputs=False).exported_program
+            except TypeError:  # a torch before these flags (the JSON is the same)
+                graph = serialize(ep).exported_program
             for fqn, t in ep.state_dict.items():
                 weights.add(fqn, t)
             for fqn, t in ep.constants.items():
@@ -151,7 +315,6 @@ class TorchBackend:
 
     def load(self, out_dir, manifest=None):
         import lcc.ops  # noqa: F401  (the saved programs call torch.ops.lcc.*)
-        from torch._export.serde.serialize import SerializedArtifact, deserialize
 
         out_dir = Path(out_dir)
         names = _entries_in(out_dir)
@@ -162,15 +325,15 @@ class TorchBackend:
         tensors = load_weights(out_dir / WEIGHTS)
         entries = {}
         for name in names:
-            graph = check_graph_json((out_dir / f"{name}.json").read_bytes(), f"{out_dir / name}.json")
+            where = f"{out_dir / name}.json"
+            tree = load_graph_json((out_dir / f"{name}.json").read_bytes(), where)
             prefix = _constant_name(name, "")
             constants = {k[len(prefix):]: t for k, t in tensors.items() if k.startswith(prefix)}
             try:
-                ep = deserialize(SerializedArtifact(graph, tensors, constants, b""))
-            except Exception as e:  # noqa: BLE001  (torch raises many types on a malformed graph)
-                raise UsageError(f"{out_dir / name}.json does not load as an exported program "
+                entries[name] = graph_from_json(tree, tensors, constants)
+            except (KeyError, TypeError, ValueError, AttributeError, StopIteration, RuntimeError) as e:
+                raise UsageError(f"{where} does not load as an exported program "
                                  f"({type(e).__name__}: {str(e)[:120]}); recompile the artifact")
-            entries[name] = ep.module()
         return _Loaded(entries)
 
 

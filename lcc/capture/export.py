@@ -76,5 +76,8 @@ def capture(loaded: LoadedModel, capacity: int, batch: int = 1, entries=("prefil
     if "decode" in entries:
         one = torch.zeros(batch, 1, dtype=torch.long)
         graphs["decode"] = _export(_Decode(model, spec.layers), (one, torch.tensor(8), *cache), None)
+    generation = getattr(loaded.model, "generation_config", None)
     return Program(spec=spec, cache=layout, entries=graphs, stage="captured",
-                   meta={"model_id": spec.model_id, "weights_hash": loaded.weights_hash})
+                   meta={"model_id": spec.model_id, "weights_hash": loaded.weights_hash,
+                         "hf_config": loaded.model.config.to_dict(),  # what the hf backend writes back
+                         "generation_config": generation.to_dict() if generation is not None else None})

@@ -60,7 +60,7 @@ def _program(model: str):
     from lcc.passes import canonicalize
 
     with status(f"loading and capturing {model}"):
-        loaded = load_model(model)
+        loaded = load_model(model, weights=False)  # shapes and dtypes are all the cost model reads
         return loaded, canonicalize(capture(loaded, CAPTURE_CAPACITY, entries=("prefill", "decode")))
 
 
@@ -72,10 +72,24 @@ def _curve_lengths(top: int) -> list[int]:
     return out + [top]
 
 
-def cost(model: str = typer.Argument("smollm2-135m", help="preset, HF directory or .gguf file"),
+def _profile_name(profile: Optional[str], target: Optional[str], device: Optional[str]) -> str:
+    """--profile, else the --target's default (lcc.target); the old --device is read as --profile."""
+    from lcc.target import default_profile, device_alias, parse_target
+
+    profile, target = device_alias(device, profile, target, "profile")
+    return profile or default_profile(parse_target(target))
+
+
+def cost(model: str = typer.Argument("smollm2-135m", help="preset, HF directory (config.json is enough), hub id "
+                                    "or .gguf file"),
          lengths: str = typer.Option("4k,32k,128k", "--lengths", help="comma-separated lengths, e.g. 4k,32k,128k"),
          passes: Optional[list[str]] = typer.Option(None, "--pass", "-p", help="NAME[:KEY=VALUE,...], repeatable"),
-         device: str = typer.Option("h100", "--device", help="hardware profile for times (see lcc calibrate)"),
+         profile_name: Optional[str] = typer.Option(None, "--profile", help="hardware profile for times: cpu, gpu "
+                                                    "(see lcc calibrate), h100, h200, a100-80gb, l40s, rtx4090 "
+                                                    "(default: the target's)"),
+         target: Optional[str] = typer.Option(None, "--target", help="cpu (default) or cuda: picks the default "
+                                              "--profile"),
+         device: Optional[str] = typer.Option(None, "--device", hidden=True, help="old name of --profile"),
          plot: Optional[str] = typer.Option(None, "--plot", help="write memory and time vs length to this PNG"),
          as_json: bool = typer.Option(False, "--json", help="print one JSON object")):
     """Symbolic cost of the program: FLOPs, bytes, memory and roofline time as formulas of L, at each length."""
@@ -87,7 +101,7 @@ def cost(model: str = typer.Argument("smollm2-135m", help="preset, HF directory 
     ns = parse_lengths(lengths)
     specs = [parse_pass(p) for p in passes or []]
     _check_png(plot)
-    profile = _profile(device)
+    profile = _profile(_profile_name(profile_name, target, device))
     loaded, base = _program(model)
     program = apply_passes(base, specs)
     pc = program_cost(program, profile.kind)
@@ -139,12 +153,16 @@ def cost(model: str = typer.Argument("smollm2-135m", help="preset, HF directory 
         out.print(f"priced as elementwise (no cost rule): {', '.join(unpriced)}")
 
 
-def plan(model: str = typer.Argument("smollm2-135m", help="preset, HF directory or .gguf file"),
+def plan(model: str = typer.Argument("smollm2-135m", help="preset, HF directory (config.json is enough), hub id "
+                                    "or .gguf file"),
          target_len: str = typer.Option("128k", "--target-len", help="context length to plan for, e.g. 128k, or "
                                         "auto: the longest length up to --max-len that fits --memory at --quality"),
          max_len: str = typer.Option("1m", "--max-len", help="with --target-len auto: the longest length tried"),
-         device: str = typer.Option("h100", "--device", help="hardware profile: h100, h200, a100-80gb, l40s, "
-                                    "rtx4090, cpu"),
+         profile_name: Optional[str] = typer.Option(None, "--profile", help="hardware profile: cpu, gpu, h100, "
+                                                    "h200, a100-80gb, l40s, rtx4090 (default: the target's)"),
+         target: Optional[str] = typer.Option(None, "--target", help="cpu (default) or cuda: picks the default "
+                                              "--profile (cpu; or the local GPU, else h100)"),
+         device: Optional[str] = typer.Option(None, "--device", hidden=True, help="old name of --profile"),
          memory: Optional[str] = typer.Option(None, "--memory", help="memory budget, e.g. 24GB or 16GiB "
                                               "(default 90% of the device's)"),
          quality: str = typer.Option("balanced", "--quality", help="exact, balanced, retrieval or any (README: "
@@ -160,7 +178,7 @@ def plan(model: str = typer.Argument("smollm2-135m", help="preset, HF directory 
     budget = parse_memory(memory) if memory is not None else None
     _check_quality(quality)
     _check_png(plot)
-    profile = _profile(device)
+    profile = _profile(_profile_name(profile_name, target, device))
     loaded, program = _program(model)
     with status("pricing candidates"):
         result = longest_plan(program, n, profile, budget, quality) if auto else \

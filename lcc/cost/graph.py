@@ -133,7 +133,7 @@ def _weights(gm: torch.fx.GraphModule) -> dict[int, int]:
         for part in n.target.split("."):
             obj = getattr(obj, part, None)
         if isinstance(obj, torch.Tensor):
-            out[obj.untyped_storage().data_ptr()] = obj.untyped_storage().nbytes()
+            out[obj.untyped_storage()._cdata] = obj.untyped_storage().nbytes()  # the StorageImpl: distinct for fake tensors too
     return out
 
 

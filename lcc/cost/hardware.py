@@ -108,6 +108,6 @@ def load_profile(name: str, calibrate_missing: bool = True) -> Profile:
         for p in calibrate_isolated():
             if p.name == key:
                 return p
-        raise UsageError(f"device {name!r}: no CUDA device here to calibrate; devices: {', '.join(available())}")
-    raise UsageError(f"unknown device {name!r}; devices: {', '.join(available())} "
+        raise UsageError(f"profile {name!r}: no CUDA device here to calibrate; profiles: {', '.join(available())}")
+    raise UsageError(f"unknown profile {name!r}; profiles: {', '.join(available())} "
                      "(cpu is measured here by `lcc calibrate`)")

@@ -17,13 +17,14 @@ from lcc.errors import UsageError
 ENTRY = "prefill_full"
 
 
-def check_backend(name: str) -> None:
-    """Usage error unless ``name`` is a registered backend and it is usable here."""
-    from lcc.backends import get_backend, names
+def check_backend(name: str, dtype: str = "float32") -> None:
+    """Usage error unless ``name`` is a registered backend, usable here, that lowers ``dtype`` programs."""
+    from lcc.backends import check_dtype, get_backend, names
 
     if name not in names():
         raise UsageError(f"--backend {name}: lcc diff lowers to {', '.join(names())}")
     get_backend(name)  # a usage error when the backend cannot run here
+    check_dtype(name, dtype)
 
 
 def lowered_outputs(name: str, program, ids: torch.Tensor):
@@ -32,7 +33,7 @@ def lowered_outputs(name: str, program, ids: torch.Tensor):
 
     backend = get_backend(name)
     with tempfile.TemporaryDirectory(prefix=f"lcc-diff-{name}-") as work:
-        backend.lower(program, f"{work}/artifact", entries=(ENTRY,))
+        backend.lower(program, f"{work}/artifact", entries=(ENTRY,), dtype=program.spec.dtype)
         run = backend.load(f"{work}/artifact").entries[ENTRY]
         with torch.inference_mode():
             logits, hidden, *_ = run(ids, *program.cache.empty())

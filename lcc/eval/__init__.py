@@ -1,8 +1,10 @@
-"""``lcc eval``: passkey retrieval and perplexity at given lengths, through a (rewritten) program or an artifact.
+"""``lcc eval``: passkey retrieval, RULER's niah and vt, and perplexity at given lengths, through a
+(rewritten) program or an artifact.
 
-A passkey trial at length L prompts with L - ANSWER_TOKENS tokens (:mod:`lcc.eval.passkey`), so
-lengths up to an artifact's capacity (its target length) fit it; perplexity windows are L
-tokens, scored through the ``prefill_logits`` entry.
+A generated trial at length L prompts with L minus the tokens it generates (:mod:`lcc.eval.passkey`,
+:mod:`lcc.eval.ruler`), so lengths up to an artifact's capacity (its target length) fit it;
+perplexity windows feed L tokens, scored through the ``prefill_logits`` entry
+(:mod:`lcc.eval.ppl`; the task strings: :mod:`lcc.eval.tasks`).
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ def check_fits(program: ArtifactProgram, task: str, lengths) -> None:
     """Usage error unless the artifact holds the entries ``task`` needs and every length fits its target length."""
     from lcc.errors import UsageError
 
-    need = ("prefill", "decode") if task == "passkey" else ("prefill_logits",)
+    need = ("prefill_logits",) if task == "ppl" else ("prefill", "decode")
     missing = [e for e in need if e not in program.entries]
     if missing:
         raise UsageError(f"{program.path} has no {', '.join(missing)} entry (compiled by an older lcc?): "
@@ -84,9 +86,12 @@ def capacity_for(max_len: int) -> int:
     return -(-(max_len + 16) // 64) * 64
 
 
-def prepare(loaded: LoadedModel, passes, max_len: int, entries, device: str = "cpu") -> object:
+def prepare(loaded: LoadedModel, passes, max_len: int, entries, device: str = "cpu",
+            cache_dtype: str | None = None) -> object:
+    """The captured, canonical program with ``passes`` applied, a cache for ``max_len`` (of ``cache_dtype``, by
+    default the model's), on ``device``."""
     specs = [parse_pass(p) if isinstance(p, str) else p for p in passes]
-    program = canonicalize(capture(loaded, capacity_for(max_len), entries=entries))
+    program = canonicalize(capture(loaded, capacity_for(max_len), entries=entries, cache_dtype=cache_dtype))
     program = apply_passes(program, specs)
     if device != "cpu":
         from lcc.runtime import to_device
@@ -120,19 +125,48 @@ def eval_passkey(loaded: LoadedModel, passes, lengths, trials: int = 10, depths=
     return results
 
 
+def eval_ruler(loaded: LoadedModel, passes, lengths, task: str, text: str, trials: int = 10,
+               progress: Callable[[], None] | None = None, device: str = "cpu", program=None,
+               **params) -> list[EvalResult]:
+    """RULER's ``task`` (``niah`` or ``vt``, ``params`` as :class:`lcc.eval.tasks.Task` parses them) at each
+    length over seeded trials 0 .. trials - 1, filler from ``text``.  ``accuracy``: the fraction of trials
+    whose answer holds every expected string (exact match); ``score``: RULER's string_match_all mean."""
+    from lcc.eval.ruler import BUILDERS, Haystack, run_trial
+
+    program = program or prepare(loaded, passes, max(lengths), ("prefill", "decode"), device)
+    haystack = Haystack(loaded.tokenizer, text)
+    results = []
+    for length in lengths:
+        scores = []
+        for seed in range(trials):
+            trial = BUILDERS[task](loaded.tokenizer, haystack, length, seed, **params)
+            scores.append(run_trial(program, loaded.tokenizer, trial)[0])
+            if progress:
+                progress()
+        results.append(EvalResult(length, {"accuracy": sum(s == 1.0 for s in scores) / trials,
+                                           "score": sum(scores) / trials, "trials": trials}))
+    return results
+
+
 def eval_ppl(loaded: LoadedModel, passes, lengths, text: str, windows: int = 2,
              progress: Callable[[], None] | None = None, device: str = "cpu",
-             program=None) -> list[EvalResult]:
-    from lcc.eval.ppl import perplexity
+             program=None, last: int = 0) -> list[EvalResult]:
+    """Perplexity at each length: the first ``windows`` windows, or with ``last`` > 0 the text's final ``last``
+    tokens scored with L tokens of context (:mod:`lcc.eval.ppl`); ``protocol`` names which."""
+    import math
+
+    from lcc.eval.ppl import perplexity, protocol_name
 
     program = program or prepare(loaded, passes, max(lengths), ("prefill_logits",), device)
     ids = loaded.tokenizer(text, add_special_tokens=False)["input_ids"]
     results = []
     for length in lengths:
-        ppl, n = perplexity(program, ids, length, windows)
+        ppl, n = perplexity(program, ids, length, windows, last=last)
         if progress:
             progress()
-        results.append(EvalResult(length, {"ppl": ppl, "tokens": n, "windows": n // (length - 1)}))
+        count = windows if last else n // (length - 1)
+        results.append(EvalResult(length, {"ppl": ppl, "loss": math.log(ppl), "tokens": n, "windows": count,
+                                           "protocol": protocol_name(last)}))
     return results
 
 

@@ -17,7 +17,8 @@ _COMMON = dict(
 )
 
 
-def _config(family: str):
+def tiny_config(family: str):
+    """The small transformers config of ``family`` that ``tiny-<family>`` is built from."""
     import transformers as T
 
     if family == "llama":
@@ -70,7 +71,7 @@ def tiny_model(family: str, seed: int = 0):
     """The seeded tiny model of ``family`` (fp32, eval mode) and its byte tokenizer."""
     from transformers import AutoModelForCausalLM
 
-    config = _config(family)
+    config = tiny_config(family)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)

@@ -33,19 +33,36 @@ def _positions(kv_len, B, Sq, Sk, device):
     return q_pos, n
 
 
-def _attend_rows(q, k, v, q_pos, n_valid, scale, mask_mod, kv_idx=None):
+def _attend_rows(q, k, v, q_pos, n_valid, scale, mask_mod, kv_idx=None, grouped=False):
     """Plain softmax(q k^T * scale + mask) v for a block of query rows, in fp32.
 
-    ``kv_idx`` gives the absolute positions of the keys passed (all of them by default).
+    ``kv_idx`` gives the absolute positions of the keys passed (all of them by default).  By
+    default each query head multiplies its own broadcast copy of its key/value head (the GEMM
+    shapes of eager attention after ``repeat_kv``); ``grouped`` stacks a KV head's G query heads
+    into one GEMM against the keys as they lie, so no copy of K or V is made (a decode step's
+    cost is then reading the filled cache once).
     """
     B, Hq, Sq, D = q.shape
     Hkv, Sk = k.shape[1], k.shape[2]
     G = Hq // Hkv
-    qg = q.float().reshape(B, Hkv, G, Sq, D)
-    scores = torch.matmul(qg, k.float()[:, :, None].transpose(-1, -2)).mul_(scale)  # [B,Hkv,G,Sq,Sk]
     if kv_idx is None:
         kv_idx = torch.arange(Sk, device=q.device)
+    if grouped:
+        qg = q.float().reshape(B, Hkv, G * Sq, D)
+        scores = torch.matmul(qg, k.float().transpose(-1, -2)).mul_(scale).view(B, Hkv, G, Sq, Sk)
+        probs = masked_softmax(scores, q_pos, n_valid, mask_mod, kv_idx)
+        out = torch.matmul(probs.view(B, Hkv, G * Sq, Sk), v.float())  # [B,Hkv,G*Sq,Dv]
+        return out.view(B, Hq, Sq, v.shape[-1])
+    qg = q.float().reshape(B, Hkv, G, Sq, D)
+    scores = torch.matmul(qg, k.float()[:, :, None].transpose(-1, -2)).mul_(scale)  # [B,Hkv,G,Sq,Sk]
     return masked_softmax_v(scores, q_pos, n_valid, mask_mod, kv_idx, v)
+
+
+def masked_softmax(scores, q_pos, n_valid, mask_mod, kv_idx):
+    """softmax(scores + mask) in place for fp32 ``scores`` [B, Hkv, G, Sq, K]; see :func:`masked_softmax_v`."""
+    allowed = mask_mod(q_pos[:, :, None], kv_idx[None, None, :]) & (kv_idx[None, None, :] < n_valid[:, :, None])
+    scores.masked_fill_(~allowed[:, None, None], float("-inf"))
+    return torch.softmax(scores, dim=-1).nan_to_num_(0.0)  # a row with no visible key attends to nothing
 
 
 def masked_softmax_v(scores, q_pos, n_valid, mask_mod, kv_idx, v):
@@ -53,9 +70,7 @@ def masked_softmax_v(scores, q_pos, n_valid, mask_mod, kv_idx, v):
     queries at ``q_pos`` [B, Sq] against keys at ``kv_idx`` [K], of which those >= ``n_valid`` [B, 1]
     are never read; ``v`` [B, Hkv, K, Dv] -> [B, Hkv * G, Sq, Dv]."""
     B, Hkv, G, Sq, _ = scores.shape
-    allowed = mask_mod(q_pos[:, :, None], kv_idx[None, None, :]) & (kv_idx[None, None, :] < n_valid[:, :, None])
-    scores.masked_fill_(~allowed[:, None, None], float("-inf"))
-    probs = torch.softmax(scores, dim=-1).nan_to_num_(0.0)  # a row with no visible key attends to nothing
+    probs = masked_softmax(scores, q_pos, n_valid, mask_mod, kv_idx)
     out = torch.matmul(probs, v.float()[:, :, None])  # [B,Hkv,G,Sq,Dv]
     return out.reshape(B, Hkv * G, Sq, v.shape[-1])
 
@@ -90,8 +105,9 @@ def attention_chunked(q, k, v, kv_len=None, scale=None, mask="causal", chunk=0, 
 
     With ``skip_keys`` each chunk reads only the key intervals its mask can see
     (``MaskSpec.key_ranges``), so causal prefill does half the work of the full matrix and a
-    sliding window O(window) per row.  Without it every row sees the same GEMM shapes as
-    transformers' eager attention, which keeps the canonical program bit-identical to it.
+    sliding window O(window) per row.  Without it every row reads all valid keys (``[0, kv_len)``,
+    never the unfilled rest of a cache), the GEMM shapes of transformers' eager attention, which
+    keeps the canonical program bit-identical to it.
     """
     B, Hq, Sq, D = q.shape
     Sk = k.shape[2]
@@ -106,12 +122,16 @@ def attention_chunked(q, k, v, kv_len=None, scale=None, mask="causal", chunk=0, 
     for s in range(0, Sq, chunk):
         e = min(Sq, s + chunk)
         qp = q_pos[:, s:e]
-        ranges = spec.key_ranges(int(qp.min()), int(qp.max()), min(Sk, n_max)) if skip_keys else [(0, Sk)]
+        if skip_keys:
+            ranges = spec.key_ranges(int(qp.min()), int(qp.max()), min(Sk, n_max))
+        else:
+            ranges = [(0, min(Sk, n_max))] if n_max > 0 else []
         if not ranges:
             out[:, :, s:e] = 0
             continue
         ks, vs, idx = gather_keys(k, v, ranges)
-        out[:, :, s:e] = _attend_rows(q[:, :, s:e], ks, vs, qp, n, scale, mask_mod, idx).to(q.dtype)
+        rows = _attend_rows(q[:, :, s:e], ks, vs, qp, n, scale, mask_mod, idx, grouped=skip_keys)
+        out[:, :, s:e] = rows.to(q.dtype)
     return out
 
 

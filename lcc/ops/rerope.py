@@ -1,40 +1,43 @@
-"""``lcc.rerope_attention``: causal attention under ReRoPE / Leaky ReRoPE (Su 2023), rotation included.
+"""``lcc.rerope_attention``: causal attention with remapped relative positions, rotation included.
 
-ReRoPE ("Rectified Rotary Position Embeddings", kexue.fm/archives/9708) keeps RoPE's
-relative position r = p_i - p_j inside a window w and rectifies it outside:
+One op for the attention whose relative position between query i and key j is mapped
+piecewise (the mapping kinds of :mod:`lcc.ops.remap`): ``rerope`` (Su 2023, ReRoPE and Leaky
+ReRoPE: clamped or slowed past a window), ``self-extend`` (Jin et al. 2024: grouped positions
+past a neighbour window) and ``dca`` (An et al. 2024, Dual Chunk Attention: intra-, successive-
+and inter-chunk positions).  Each kind is a few branches, each branch one plain RoPE score
+matrix (q rotated to the branch's query positions, k to its key positions); a pair takes the
+score of its branch and one softmax runs over the row.  For ReRoPE (Su's naive form):
 
-    rel(r) = r                          if r < w
-    rel(r) = w + (r - w) * leaky_factor otherwise
-
-leaky_factor = 0 is ReRoPE (positions clamp at w), 1/k is Leaky ReRoPE's slope 1/k.
-The score is q_i^T R(rel(r)) k_j * scale, R the rotate-half rotation of ``lcc.rope``
-(cos and sin scaled by ``attention_scaling`` on the first R = 2 len(inv_freq) channels;
-the rest pass through).  q [B, Hq, Sq, D] and k [B, Hkv, Sk, D] come un-rotated: the op
-owns the rotation.  Queries sit at ``positions`` [B, Sq] (None: kv_len - Sq + i, as
-``lcc.attention``), key j at position j; keys at j >= kv_len are never read; ``mask``
-is a spec string of :mod:`lcc.ops.masks` over the same positions; GQA as ``lcc.attention``.
-
-Since rel(r) is affine in p_i and p_j on each side of the window, each side is a plain
-RoPE score (the paper's naive form, two score matrices):
-
-    s1 = <rope(q_i, p_i), rope(k_j, p_j)>                                  where r < w
+    s1 = <rope(q_i, p_i), rope(k_j, p_j)>                                      where r < w
     s2 = <rope(q_i, w + leaky_factor (p_i - w)), rope(k_j, leaky_factor p_j)>  where r >= w
 
-``rerope_reference`` computes both matrices in full (the oracle, ``algo="reference"``); the
-CPU default ``rerope_chunked`` scores each side only where some query of a chunk needs it
-(about 3.5x faster at 4k); on CUDA the fused Triton kernel (``lcc.backends.triton.rerope``).
+The score is q^T R(rel) k * scale, R the rotate-half rotation of ``lcc.rope`` (cos and sin
+scaled by ``attention_scaling`` on the first R = 2 len(inv_freq) channels; the rest pass
+through).  q [B, Hq, Sq, D] and k [B, Hkv, Sk, D] come un-rotated: the op owns the rotation,
+so a KV cache holds un-rotated keys.  Queries sit at ``positions`` [B, Sq] (None: kv_len - Sq
++ i, as ``lcc.attention``), key j at position j; keys at j >= kv_len are never read; ``mask``
+is a spec string of :mod:`lcc.ops.masks` over the same positions; GQA as ``lcc.attention``.
+``window`` is ReRoPE's w, Self-Extend's neighbour window W, DCA's local window; ``group`` is
+Self-Extend's G; ``chunk_size`` is DCA's chunk size (the chunk length is chunk_size - window).
+
+``rerope_reference`` computes every branch's matrix in full (the oracle, ``algo="reference"``);
+the CPU default ``rerope_chunked`` scores each branch only over the keys some query of a
+chunk needs it for (about 3.5x faster than the reference at 4k for ReRoPE), which also serves
+decode (one query against the cache); on CUDA the fused Triton kernel
+(``lcc.backends.triton.rerope``) for the two-branch kinds.
 """
 
 from __future__ import annotations
 
+import sympy
 import torch
 
-from lcc.ops import registry
+from lcc.ops import registry, remap
 from lcc.ops.attention import gather_keys, mask_pairs, masked_softmax_v, row_chunk
 from lcc.ops.masks import MaskSpec
 from lcc.ops.rope import rope_reference
 
-_CHUNK_BYTES = 256 * 1024 * 1024  # per query-row chunk of the reference (two fp32 score matrices)
+_CHUNK_BYTES = 256 * 1024 * 1024  # per query-row chunk of the reference (its fp32 score matrices)
 
 
 def query_positions(positions, kv_len, B, Sq, Sk, device):
@@ -48,12 +51,6 @@ def query_positions(positions, kv_len, B, Sq, Sk, device):
     return positions.to(device=device, dtype=torch.long).expand(B, Sq), n
 
 
-def rectified_positions(p, window, leaky_factor):
-    """Where query and key sit for the out-of-window score: (w + f (p - w), f p), fp32 as the kernels do."""
-    p = p.float()
-    return window + leaky_factor * (p - window), leaky_factor * p
-
-
 def _scores(q, k, scale):
     """fp32 q k^T * scale, GQA: [B, Hkv, G, Sq, Sk]."""
     B, Hq, Sq, D = q.shape
@@ -61,53 +58,70 @@ def _scores(q, k, scale):
     return torch.matmul(q.float().reshape(B, Hkv, Hq // Hkv, Sq, D), k.float()[:, :, None].transpose(-1, -2)) * scale
 
 
+def _rotated_keys(k, k_branches, inv_freq, attention_scaling):
+    """Keys rotated once per distinct key-position tensor (DCA's three branches share one): (tensors, slot per
+    branch).  Identity, not value, decides, so tracing sees no data-dependent branch."""
+    keys, slots, seen = [], [], []
+    for kp in k_branches:
+        same = [n for n, other in enumerate(seen) if other is kp]
+        if not same:
+            seen.append(kp)
+            keys.append(rope_reference(k, kp, inv_freq, attention_scaling))
+        slots.append(same[0] if same else len(keys) - 1)
+    return keys, slots
+
+
 def rerope_reference(q, k, v, positions=None, inv_freq=None, attention_scaling=1.0, kv_len=None, scale=None,
-                     window=512, leaky_factor=0.0, mask="causal"):
-    """The oracle: the two score matrices of the paper's naive form, selected per pair, fp32 softmax."""
+                     window=512, leaky_factor=0.0, mask="causal", kind="rerope", group=1, chunk_size=0):
+    """The oracle: every branch's full score matrix (the papers' naive form), selected per pair, fp32 softmax."""
+    remap.check(kind, window, leaky_factor, group, chunk_size)
     B, Hq, Sq, D = q.shape
     Hkv, Sk, Dv = k.shape[1], k.shape[2], v.shape[3]
     scale = D**-0.5 if scale is None else scale
     q_pos, n = query_positions(positions, kv_len, B, Sq, Sk, q.device)
     k_pos = torch.arange(Sk, device=q.device).expand(B, Sk)
-    q_out = rectified_positions(q_pos, window, leaky_factor)[0]
-    k_out = rectified_positions(k_pos, window, leaky_factor)[1]
-    k1 = rope_reference(k, k_pos, inv_freq, attention_scaling)
-    k2 = rope_reference(k, k_out, inv_freq, attention_scaling)
+    maps = remap.positions(kind, q_pos, k_pos, window, leaky_factor, group, chunk_size)
+    keys, slots = _rotated_keys(k, [kp for _, kp in maps], inv_freq, attention_scaling)
     mask_mod = MaskSpec.parse(mask).mask_mod()
     kv_idx = torch.arange(Sk, device=q.device)
     out = q.new_empty(B, Hq, Sq, Dv)
-    chunk = max(16, _CHUNK_BYTES // max(1, 8 * B * Hq * Sk))
+    chunk = max(16, _CHUNK_BYTES // max(1, 4 * len(maps) * B * Hq * Sk))
     for s in range(0, Sq, chunk):
         rows = slice(s, min(Sq, s + chunk))
         qp = q_pos[:, rows]
-        s1 = _scores(rope_reference(q[:, :, rows], qp, inv_freq, attention_scaling), k1, scale)
-        s2 = _scores(rope_reference(q[:, :, rows], q_out[:, rows], inv_freq, attention_scaling), k2, scale)
-        inside = (qp[:, :, None] - kv_idx) < window  # [B, rows, Sk]
-        scores = torch.where(inside[:, None, None], s1, s2)
+        which = remap.branch(kind, qp[:, :, None], kv_idx, window, chunk_size)[:, None, None]  # [B,1,1,rows,Sk]
+        scores = None
+        for (qb, _), slot, index in zip(maps, slots, range(len(maps))):
+            sb = _scores(rope_reference(q[:, :, rows], qb[:, rows], inv_freq, attention_scaling), keys[slot], scale)
+            scores = sb if scores is None else torch.where(which == index, sb, scores)
         out[:, :, rows] = masked_softmax_v(scores, qp, n, mask_mod, kv_idx, v).to(q.dtype)
     return out
 
 
 def rerope_chunked(q, k, v, positions=None, inv_freq=None, attention_scaling=1.0, kv_len=None, scale=None,
-                   window=512, leaky_factor=0.0, mask="causal", chunk=0):
+                   window=512, leaky_factor=0.0, mask="causal", kind="rerope", group=1, chunk_size=0, chunk=0):
     """The same math over query chunks that compute only the scores they need (the CPU default).
 
     A chunk of queries at positions qmin..qmax reads only the key intervals its mask can see
-    (causal prefill: half the pairs), and of those it scores keys at j <= qmin - w only out of
-    the window, keys at j > qmax - w only inside it, and both forms only for the ~chunk keys in
-    between: about one score matrix of work instead of the reference's two full ones.
+    (causal prefill: half the pairs), and scores each branch only over its key span
+    (:func:`lcc.ops.remap.key_spans`): for ReRoPE and Self-Extend keys at j <= qmin - w out of
+    the window, keys at j > qmax - w inside it, both forms only for the ~chunk keys in between;
+    for DCA each key chunk with the one form its distance in chunks gives, both forms only where
+    the query chunk straddles a chunk boundary.  About one score matrix of work instead of the
+    reference's two or three full ones.  Decode is one chunk of one query: the window's tail
+    scored one way, the rest of the cache the other.
     """
+    remap.check(kind, window, leaky_factor, group, chunk_size)
     B, Hq, Sq, D = q.shape
     Hkv, Sk, Dv = k.shape[1], k.shape[2], v.shape[3]
     scale = D**-0.5 if scale is None else scale
     chunk = chunk if chunk > 0 else row_chunk(B, Hq, Sq, Sk)
     q_pos, n = query_positions(positions, kv_len, B, Sq, Sk, q.device)
     k_pos = torch.arange(Sk, device=q.device).expand(B, Sk)
-    q_out = rectified_positions(q_pos, window, leaky_factor)[0]
-    # keys rotated both ways side by side [.., :D | D:], so a chunk gathers them once (a view for one interval)
-    k_out = rectified_positions(k_pos, window, leaky_factor)[1]
-    k12 = torch.cat([rope_reference(k, k_pos, inv_freq, attention_scaling),
-                     rope_reference(k, k_out, inv_freq, attention_scaling)], -1)
+    maps = remap.positions(kind, q_pos, k_pos, window, leaky_factor, group, chunk_size)
+    keys, slots = _rotated_keys(k, [kp for _, kp in maps], inv_freq, attention_scaling)
+    # the key rotations side by side [.., :D | D:2D | ..], so a chunk gathers them once (a view for one interval)
+    k_all = keys[0] if len(keys) == 1 else torch.cat(keys, -1)
     spec = MaskSpec.parse(mask)
     mask_mod = spec.mask_mod()
     n_max = min(Sk, int(n.max()))
@@ -120,22 +134,64 @@ def rerope_chunked(q, k, v, positions=None, inv_freq=None, attention_scaling=1.0
         if not ranges:
             out[:, :, rows] = 0
             continue
-        ks, vs, idx = gather_keys(k12, v, ranges)
-        a = int(torch.searchsorted(idx, lo - window, right=True))  # keys before a: out of the window for all
-        b = int(torch.searchsorted(idx, hi - window, right=True))  # keys from b on: inside it for all
+        ks, vs, idx = gather_keys(k_all, v, ranges)
         scores = q.new_empty(B, Hkv, Hq // Hkv, qp.shape[1], idx.numel(), dtype=torch.float32)
-        if b > 0:
-            q2 = rope_reference(q[:, :, rows], q_out[:, rows], inv_freq, attention_scaling)
-            scores[..., :b] = _scores(q2, ks[:, :, :b, D:], scale)
-        if a < idx.numel():
-            q1 = rope_reference(q[:, :, rows], qp, inv_freq, attention_scaling)
-            near = _scores(q1, ks[:, :, a:, :D], scale)
-            if a < b:
-                inside = (qp[:, :, None] - idx[a:b]) < window  # [B, rows, b - a]
-                near[..., :b - a] = torch.where(inside[:, None, None], near[..., :b - a], scores[..., a:b])
-            scores[..., a:] = near
+        bounds = [(int(torch.searchsorted(idx, first)), int(torch.searchsorted(idx, min(end, n_max))))
+                  for first, end in remap.key_spans(kind, lo, hi, window, chunk_size)]
+        which = None
+        for index, ((qb, _), slot, (a, e)) in enumerate(zip(maps, slots, bounds)):
+            if a >= e:
+                continue
+            qr = rope_reference(q[:, :, rows], qb[:, rows], inv_freq, attention_scaling)
+            sb = _scores(qr, ks[:, :, a:e, slot * D:(slot + 1) * D], scale)
+            # keys an earlier branch also scored: select pair by pair there (a later branch does the same here)
+            shared = [(max(a, a2), min(e, e2)) for a2, e2 in bounds[:index] if max(a, a2) < min(e, e2)]
+            if not shared:
+                scores[..., a:e] = sb
+                continue
+            x, y = min(u for u, _ in shared), max(u for _, u in shared)
+            scores[..., a:x], scores[..., y:e] = sb[..., :x - a], sb[..., y - a:]
+            if which is None:
+                which = remap.branch(kind, qp[:, :, None], idx, window, chunk_size)[:, None, None]
+            scores[..., x:y] = torch.where(which[..., x:y] == index, sb[..., x - a:y - a], scores[..., x:y])
         out[:, :, rows] = masked_softmax_v(scores, qp, n, mask_mod, idx, vs).to(q.dtype)
     return out
+
+
+def _grouped_scores(q, k, scale):
+    """q k^T * scale in q's dtype (the exported graph keeps the model's dtype), GQA: [B, Hkv, G, Sq, Sk]."""
+    B, Hq, Sq, D = q.shape
+    Hkv = k.shape[1]
+    return torch.matmul(q.reshape(B, Hkv, Hq // Hkv, Sq, D), k[:, :, None].transpose(-1, -2)) * scale
+
+
+def rerope_for_export(q, k, v, positions, inv_freq, attention_scaling, kv_len, scale, window, leaky_factor=0.0,
+                      mask="causal", algo="auto", kind="rerope", group=1, chunk_size=0):
+    """:func:`rerope_reference` without Python control flow on sizes or data (fp32), for the exporting backends
+    (ONNX, TVM): every branch's full score matrix with ``lcc.rope`` rotations (which they lower natively), the
+    mask predicate and kv_len as tensor expressions; decode attends over the whole cache under the mask."""
+    B, Hq, Sq, D = q.shape
+    Sk = k.shape[2]
+    kv_idx = torch.arange(Sk, device=q.device)
+    n = Sk if kv_len is None else kv_len.reshape(()).to(torch.long)
+    if positions is None:
+        q_pos = (n - Sq + torch.arange(Sq, device=q.device))[None, :].expand(B, Sq)
+    else:
+        q_pos = positions.to(torch.long).expand(B, Sq)
+    k_pos = kv_idx[None, :].expand(B, Sk)
+    rope = torch.ops.lcc.rope
+    qp, kp = q_pos[:, :, None], kv_idx[None, None, :]
+    which = remap.branch(kind, qp, kp, window, chunk_size)[:, None, None]  # [B, 1, 1, Sq, Sk]
+    scores = None
+    for index, (qb, kb) in enumerate(remap.positions(kind, q_pos, k_pos, window, leaky_factor, group, chunk_size)):
+        sb = _grouped_scores(rope(q, qb, inv_freq, attention_scaling, ""), rope(k, kb, inv_freq, attention_scaling, ""),
+                             scale)
+        scores = sb if scores is None else torch.where(which == index, sb, scores)
+    allowed = MaskSpec.parse(mask).mask_mod()(qp, kp) & (kp < n)
+    scores = scores.masked_fill(~allowed[:, None, None], float("-inf"))
+    probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)
+    out = torch.matmul(probs, v[:, :, None])
+    return out.reshape(B, Hq, Sq, v.shape[-1])
 
 
 @torch.library.custom_op("lcc::rerope_attention", mutates_args=())
@@ -152,8 +208,12 @@ def rerope_attention(
     leaky_factor: float = 0.0,
     mask: str = "causal",
     algo: str = "auto",
+    kind: str = "rerope",
+    group: int = 1,
+    chunk_size: int = 0,
 ) -> torch.Tensor:
-    call = (q, k, v, positions, inv_freq, attention_scaling, kv_len, scale, window, leaky_factor, mask)
+    call = (q, k, v, positions, inv_freq, attention_scaling, kv_len, scale, window, leaky_factor, mask, kind, group,
+            chunk_size)
     impl = (registry.select("rerope_attention", algo, q.device.type, *call)
             or registry.select("rerope_attention", "chunked", "*"))
     return impl.fn(*call)
@@ -161,23 +221,32 @@ def rerope_attention(
 
 @rerope_attention.register_fake
 def _(q, k, v, positions, inv_freq, attention_scaling, kv_len, scale, window, leaky_factor=0.0, mask="causal",
-      algo="auto"):
+      algo="auto", kind="rerope", group=1, chunk_size=0):
     torch._check(q.shape[1] % k.shape[1] == 0)
     return q.new_empty(q.shape[0], q.shape[1], q.shape[2], v.shape[3])
 
 
-def rerope_attention_cost(B, Hq, Hkv, Sq, Sk, D, Dv, R, window, mask: str = "causal", itemsize: int = 4):
-    """FLOPs, bytes moved and bytes held (sympy).
+EDGE = 128  # keys per query scored by more than one branch at a branch boundary: the kernels' BLOCK_M + BLOCK_N
 
-    Each kept pair needs one q.k (2D: the in-window or the rectified score) and one p.v
-    (2Dv); the fused kernel's second product on its edge tiles (BLOCK_M + BLOCK_N keys per
-    query) is left out.  Rotations: q twice and k twice, 3 FLOPs per rotated channel plus
-    cos and sin.  Traffic is an IO-aware kernel's: q, k, v read and the output written once.
-    ``window`` does not change the count; it is taken for the signature's sake.
+
+def rerope_attention_cost(B, Hq, Hkv, Sq, Sk, D, Dv, R, window, mask: str = "causal", itemsize: int = 4,
+                          kind: str = "rerope"):
+    """FLOPs, bytes moved and bytes held (sympy), for the kind's real work (the kernel or the CPU path).
+
+    Each kept pair needs one q.k (2D, in its branch's form) and one p.v (2Dv).  Near a branch
+    boundary a block of queries scores a block of keys in two forms: about EDGE pairs per query
+    per boundary crossed (ReRoPE and Self-Extend: the window's edge, one; DCA: a query block that
+    straddles a chunk boundary pays two overlaps of a chunk, on average two).  Rotations: q
+    once per branch (two; DCA three), k once per distinct key map (two; DCA one, j mod n for
+    all), 3 FLOPs per rotated channel plus cos and sin.  Traffic is an IO-aware kernel's: q, k,
+    v read and the output written once.  ``window`` does not change the count.
     """
+    branches = remap.BRANCHES[kind]
+    key_maps = 1 if kind == "dca" else 2
     pairs = mask_pairs(mask, Sq, Sk)
-    rotation = 2 * (3 * R + R) * (B * Hq * Sq + B * Hkv * Sk)
-    flops = B * Hq * pairs * (2 * D + 2 * Dv) + rotation
+    edge = sympy.Min(EDGE * (branches - 1) * Sq, pairs)
+    rotation = (3 * R + R) * (branches * B * Hq * Sq + key_maps * B * Hkv * Sk)
+    flops = B * Hq * (pairs * (2 * D + 2 * Dv) + edge * 2 * D) + rotation
     moved = itemsize * B * (Hq * Sq * D + Hkv * Sk * (D + Dv) + Hq * Sq * Dv)
     held = itemsize * B * Hq * Sq * Dv
     return flops, moved, held
@@ -188,11 +257,12 @@ registry.declare(registry.OpDef(
     op=torch.ops.lcc.rerope_attention.default,
     reference=rerope_reference,
     cost=rerope_attention_cost,
-    doc="attention with ReRoPE / Leaky ReRoPE (Su 2023): RoPE inside a window, rectified position outside",
+    doc="attention with remapped relative positions: ReRoPE / Leaky ReRoPE (Su 2023), Self-Extend (Jin et al. 2024), "
+        "Dual Chunk Attention (An et al. 2024); two or three RoPE score matrices, one softmax",
 ))
 # The pure-torch implementations, on any device; any other algo name runs "chunked". Kernels add theirs.
 registry.register_impl("rerope_attention", registry.Impl("chunked", "*", rerope_chunked, source=__name__))
 registry.register_impl("rerope_attention", registry.Impl("reference", "*", rerope_reference, source=__name__))
 
-__all__ = ["rerope_attention", "rerope_reference", "rerope_chunked", "rerope_attention_cost", "rectified_positions",
+__all__ = ["rerope_attention", "rerope_reference", "rerope_chunked", "rerope_for_export", "rerope_attention_cost",
            "query_positions"]

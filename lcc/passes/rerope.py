@@ -1,11 +1,24 @@
-"""``rerope`` and ``leaky-rerope`` (Su 2023): relative positions past a window are clamped or slowed.
+"""Passes onto ``lcc.rerope_attention``, attention with remapped relative positions (:mod:`lcc.ops.remap`).
+
+``rerope`` and ``leaky-rerope`` (Su 2023): relative positions past a window are clamped or
+slowed.  ``self-extend`` (Jin et al. 2024): past a neighbour window W, grouped positions
+i // G and j // G shifted to meet the window's edge.  ``dca`` (An et al. 2024): Dual Chunk
+Attention's intra-, successive- and inter-chunk positions.
 
 Per layer, the two ``lcc.rope`` nodes and the ``lcc.attention`` node become one
 ``lcc.rerope_attention`` node that takes the un-rotated q and k; the KV cache then
 holds un-rotated keys, since a key's rotation depends on the query it meets.
+
+Parameters past the trained length T are fixed from the papers, never tuned on measurements:
+Self-Extend's reach is (T - W) G + W, so by default W = T / 4 and G the smallest power of two
+whose reach covers the target length (the program's capacity); DCA's chunk size and local
+window are the reference code's ``replace_with_chunkllama`` defaults, 3 T / 4 and T / 16
+(HKUNLP/ChunkLlama, ``chunkllama_attn_replace.py``).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
@@ -17,7 +30,8 @@ from lcc.passes.graph import ATTENTION, ROPE, get_arg, layer_of, lcc_nodes
 RERoPE = torch.ops.lcc.rerope_attention.default
 
 
-def _rewrite(program: Program, window: int, leaky_factor: float) -> PassResult:
+def _rewrite(program: Program, window: int, leaky_factor: float, kind: str = "rerope", group: int = 1,
+             chunk_size: int = 0) -> PassResult:
     graphs = program.copy_graphs()
     for name, gm in graphs.items():
         ropes: dict[int, list] = {}
@@ -28,8 +42,8 @@ def _rewrite(program: Program, window: int, leaky_factor: float) -> PassResult:
             q_rope = get_arg(attn, "q")
             pair = ropes.get(layer, [])
             if q_rope not in pair or len(pair) != 2 or get_arg(q_rope, "variant"):
-                raise UsageError(f"rerope: layer {layer} of {name} is not plain rope + attention "
-                                 "(apply rerope before other rope or attention-changing passes)")
+                raise UsageError(f"{kind}: layer {layer} of {name} is not plain rope + attention "
+                                 f"(apply {kind} before other rope or attention-changing passes)")
             k_rope = pair[1] if pair[0] is q_rope else pair[0]
             k_rope.replace_all_uses_with(get_arg(k_rope, "x"))  # the cache keeps un-rotated keys
             args = dict(q=get_arg(q_rope, "x"), k=get_arg(attn, "k"), v=get_arg(attn, "v"),
@@ -37,6 +51,8 @@ def _rewrite(program: Program, window: int, leaky_factor: float) -> PassResult:
                         attention_scaling=get_arg(q_rope, "attention_scaling"), kv_len=get_arg(attn, "kv_len"),
                         scale=get_arg(attn, "scale"), window=int(window), leaky_factor=float(leaky_factor),
                         mask=get_arg(attn, "mask"))
+            if kind != "rerope":
+                args.update(algo="auto", kind=kind, group=int(group), chunk_size=int(chunk_size))
             with gm.graph.inserting_after(attn):
                 new = gm.graph.call_function(RERoPE, tuple(args.values()))
             new.meta.update({k: v for k, v in attn.meta.items() if k != "val"})
@@ -75,3 +91,94 @@ def rerope(program: Program, window: int = 512) -> PassResult:
           doc="Leaky ReRoPE: relative positions past the window grow with slope 1/k")
 def leaky_rerope(program: Program, window: int = 512, factor: float = 16.0) -> PassResult:
     return _rewrite(program, window, 1.0 / factor)
+
+
+@dataclass(frozen=True)
+class _IntOrAuto(Param):
+    """A bounded integer, or ``auto`` (the default): the paper's value relative to the trained length."""
+
+    def parse(self, what: str, text: str):
+        if text.strip().lower() == "auto":
+            return "auto"
+        return Param(self.name, int, int(self.low), self.doc, low=self.low, high=self.high).parse(what, text)
+
+
+def self_extend_defaults(trained_len: int, target_len: int, window: int | None = None) -> tuple[int, int]:
+    """(group, window) from the paper's reach (T - W) G + W: W = T / 4 unless given, G the smallest power of two
+    whose reach covers ``target_len`` (1 within the trained length)."""
+    window = window or trained_len // 4
+    group = 1
+    while (trained_len - window) * group + window < target_len:
+        group *= 2
+    return group, window
+
+
+def dca_defaults(trained_len: int) -> tuple[int, int]:
+    """(chunk, local): ChunkLlama's ``replace_with_chunkllama``, chunk_size = 3 T / 4 and local_window = T / 16."""
+    return trained_len * 3 // 4, trained_len // 16
+
+
+def _given(args: dict) -> set:
+    """Only the parameters given a number (``auto`` is the default), so the stage name parses back."""
+    return {k for k, v in args.items() if v != "auto"}
+
+
+def _self_extend_exact(args: dict, length: int) -> bool:
+    return args["group"] == 1 or (args["window"] != "auto" and args["window"] >= length)
+
+
+def _plan_self_extend(target_len: int, trained_len: int) -> list[str]:
+    """Past the trained length: W = T / 4 and the smallest power-of-two G whose reach covers the target."""
+    if target_len <= trained_len:
+        return []
+    group, window = self_extend_defaults(trained_len, target_len)
+    return [f"group={group},window={window}"]
+
+
+@register("self-extend", params=(
+        _IntOrAuto("group", str, "auto", "G >= 1: positions past the window are grouped by G (auto: the smallest "
+                   "power of two whose reach (T - W) G + W covers the program's length)", low=1, high=MAX_TOKENS),
+        _IntOrAuto("window", str, "auto", "W: relative positions below W stay exact RoPE; 0 < W < trained length T "
+                   "(auto: T / 4)", low=1, high=MAX_TOKENS)),
+        exact=False, exact_if=_self_extend_exact, shown=_given, plan=_plan_self_extend,
+        slots=("positions", "attention"),
+        plan_with=(), doc="Self-Extend (Jin et al. 2024): grouped positions past a neighbour window, no tuning")
+def self_extend(program: Program, group="auto", window="auto") -> PassResult:
+    trained = program.spec.trained_len
+    if window != "auto" and window >= trained:
+        raise UsageError(f"self-extend: window={window} must be below the trained length {trained} "
+                         f"(e.g. window={trained // 4})")
+    auto_group, window = self_extend_defaults(trained, program.cache.capacity, None if window == "auto" else window)
+    return _rewrite(program, window, 0.0, "self-extend", auto_group if group == "auto" else group)
+
+
+def _dca_exact(args: dict, length: int) -> bool:
+    return "auto" not in (args["chunk"], args["local"]) and args["chunk"] - args["local"] >= length
+
+
+def _plan_dca(target_len: int, trained_len: int) -> list[str]:
+    """Past the trained length: ChunkLlama's chunk size 3 T / 4 and local window T / 16."""
+    if target_len <= trained_len:
+        return []
+    chunk, local = dca_defaults(trained_len)
+    return [f"chunk={chunk},local={local}"]
+
+
+@register("dca", params=(
+        _IntOrAuto("chunk", str, "auto", "chunk size s, 2 <= s < trained length T (auto: 3 T / 4, ChunkLlama's); "
+                   "chunks hold s - local positions", low=2, high=MAX_TOKENS),
+        _IntOrAuto("local", str, "auto", "local window w, 0 <= w < s (auto: T / 16, ChunkLlama's)", low=0,
+                   high=MAX_TOKENS)),
+        exact=False, exact_if=_dca_exact, shown=_given, plan=_plan_dca, slots=("positions", "attention"),
+        plan_with=(), doc="Dual Chunk Attention (An et al. 2024, ChunkLlama): intra-, successive- and inter-chunk "
+                          "positions, no tuning")
+def dca(program: Program, chunk="auto", local="auto") -> PassResult:
+    trained = program.spec.trained_len
+    default_chunk, default_local = dca_defaults(trained)
+    chunk = default_chunk if chunk == "auto" else chunk
+    local = default_local if local == "auto" else local
+    if chunk >= trained:
+        raise UsageError(f"dca: chunk={chunk} must be below the trained length {trained} (e.g. chunk={default_chunk})")
+    if local >= chunk:
+        raise UsageError(f"dca: local={local} must be below the chunk size {chunk} (e.g. local={chunk // 12})")
+    return _rewrite(program, local, 0.0, "dca", 1, chunk)

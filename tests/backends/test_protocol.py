@@ -20,7 +20,7 @@ def _backend_object(name):
         pytest.skip(str(e))
 
 
-@pytest.mark.parametrize("name", ["torch", "onnx", "tvm", "triton"])
+@pytest.mark.parametrize("name", ["torch", "onnx", "tvm", "triton", "hf"])
 def test_every_backend_implements_the_protocol(name):
     backend = _backend_object(name)
     lower = inspect.signature(backend.lower).parameters

@@ -144,3 +144,51 @@ def test_no_lcc_module_unpickles_or_calls_torch_export_load():
                     "torch.load(" in code and "weights_only=True" not in code):
                 offenders.append(f"{path.relative_to(root)}:{i}: {line.strip()}")
     assert offenders == []
+
+
+def test_the_graph_reader_runs_as_torchs_deserializer_builds_it(artifact):
+    """The oracle is torch's own ``deserialize(...).module()`` of the same JSON and weights."""
+    from torch._export.serde.serialize import SerializedArtifact, deserialize
+
+    from lcc.capture.program import CacheLayout
+    from lcc.artifact import load
+
+    loaded = BACKEND.load(artifact)
+    tensors = load_weights(artifact / "weights.safetensors")
+    layout = CacheLayout.from_dict(load(artifact).cache)
+    gen = torch.Generator().manual_seed(1)
+    for name in ("prefill", "prefill_logits", "decode"):
+        prefix = f"{name}::"
+        constants = {k[len(prefix):]: t for k, t in tensors.items() if k.startswith(prefix)}
+        want_gm = deserialize(SerializedArtifact((artifact / f"{name}.json").read_bytes(), tensors, constants,
+                                                 b"")).module()
+        calls = [(torch.randint(0, 256, (1, 1), generator=gen), torch.tensor(5))] if name == "decode" else \
+            [(torch.randint(0, 256, (1, s), generator=gen),) for s in (3, 17)]  # the dynamic length, twice
+        for args in calls:
+            cache = [torch.randn(t.shape, generator=gen) for t in layout.empty()]
+            with torch.inference_mode():
+                want = want_gm(*args, *[t.clone() for t in cache])
+                got = loaded.entries[name](*args, *cache)
+            assert len(got) == len(want) and all(torch.equal(g, w) for g, w in zip(got, want)), name
+
+
+def test_the_readers_enum_tables_agree_with_torchs():
+    from torch._export.serde.serialize import (_SERIALIZE_TO_TORCH_DTYPE, _SERIALIZE_TO_TORCH_LAYOUT,
+                                               _SERIALIZE_TO_TORCH_MEMORY_FORMAT)
+
+    from lcc.backends.torch_export import serialized_enums
+
+    enums = serialized_enums()
+    for kind, torchs in (("as_scalar_type", _SERIALIZE_TO_TORCH_DTYPE), ("as_layout", _SERIALIZE_TO_TORCH_LAYOUT),
+                         ("as_memory_format", _SERIALIZE_TO_TORCH_MEMORY_FORMAT)):
+        assert enums[kind] and all(torchs[key] == value for key, value in enums[kind].items()), kind
+    dtypes = set(enums["as_scalar_type"].values())
+    assert {torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.int32, torch.bool, torch.int8,
+            torch.uint8} <= dtypes
+
+
+def test_an_argument_kind_the_reader_does_not_know_is_one_line(artifact, tmp_path):
+    crafted = copy_of(artifact, tmp_path)
+    _edit_graph(crafted, lambda tree: _first_node(tree)["inputs"][0].update(arg={"as_graph": {"name": "g"}}))
+    with pytest.raises(UsageError, match="does not load as an exported program.*recompile"):
+        BACKEND.load(crafted, {})

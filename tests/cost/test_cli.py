@@ -46,7 +46,7 @@ def test_cost_table_prints_formulas(run):
 
 
 def test_plan_json_fields(run):
-    r = run("plan", "tiny-llama", "--target-len", "64k", "--device", "rtx4090", "--json")
+    r = run("plan", "tiny-llama", "--target-len", "64k", "--profile", "rtx4090", "--json")
     assert r.exit_code == 0, r.output
     d = json.loads(r.output)
     for c in [d["chosen"], *d["candidates"]]:
@@ -60,7 +60,7 @@ def test_plan_says_when_nothing_fits(run):
 
 
 @pytest.mark.parametrize("args,match", [
-    (("cost", "tiny-llama", "--device", "tpu"), "unknown device"),
+    (("cost", "tiny-llama", "--profile", "tpu"), "unknown profile"),
     (("plan", "tiny-llama", "--memory", "80XB"), "bad memory size"),
     (("plan", "tiny-llama", "--quality", "great"), "exact, balanced, retrieval or any"),
     (("plan", "tiny-llama", "--target-len", "auto", "--max-len", "12q"), "bad length"),

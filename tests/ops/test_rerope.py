@@ -166,3 +166,150 @@ def test_op_is_declared_exports_and_costs_in_sympy():
     targets = [n.target for n in ep.graph.nodes if n.op == "call_function"]
     assert torch.ops.lcc.rerope_attention.default in targets
     torch.testing.assert_close(ep.module()(q, k, v, inv_freq_of(16)), M()(q, k, v, inv_freq_of(16)))
+
+
+# --- the other mapping kinds: Self-Extend (Jin et al. 2024) and Dual Chunk Attention (An et al. 2024) ---
+
+
+def self_extend_longlm(q, k, v, inv_freq, scale, group, window):
+    """datamllab/LongLM ``self_extend_forward``'s prefill, transliterated (one sequence, q_len == kv_len, MHA):
+    neighbour and grouped score matrices, the grouped one where neighbor_attention_mask drops to 0."""
+    S = q.shape[2]
+    pos = torch.arange(S)[None]
+    shift = 0 if pos.max() < window else window
+    group_q = pos // group + shift - shift // group
+    group_k = pos // group
+    neighbor = rope_reference(q, pos, inv_freq) @ rope_reference(k, pos, inv_freq).transpose(-1, -2) * scale
+    grouped = rope_reference(q, group_q, inv_freq) @ rope_reference(k, group_k, inv_freq).transpose(-1, -2) * scale
+    neighbor_mask = torch.tril(torch.ones(S, S))
+    if S - window > 0:
+        neighbor_mask[window:, :S - window] -= torch.tril(torch.ones(S - window, S - window))
+    merged = torch.where(neighbor_mask.bool(), neighbor, grouped)
+    merged = merged.masked_fill(~torch.ones(S, S, dtype=torch.bool).tril(), float("-inf"))
+    return torch.softmax(merged, -1) @ v
+
+
+def dca_chunkllama(q, k, v, inv_freq, scale, chunk_size, local_window):
+    """HKUNLP/ChunkLlama ``chunkllama_attn_replace.py``'s decode branch, transliterated, run for every query
+    position i as a decode step over keys 0..i (so it covers causal prefill too; one sequence, MHA)."""
+    chunk_len = chunk_size - local_window
+    S = q.shape[2]
+    q_t = torch.arange(chunk_len).float()
+    qc_t = (q_t + chunk_len).clamp(max=chunk_size)  # the successive / inter-chunk query positions
+    k_t = torch.arange(S) % chunk_len
+    keys = rope_reference(k, k_t[None], inv_freq)
+    rows = []
+    for i in range(S):
+        kv_seq_len = i + 1
+        p = torch.tensor([[i % chunk_len]])
+        chunk_num_curr = (kv_seq_len - 1) // chunk_len
+        qi = q[:, :, i:i + 1]
+        scores = [rope_reference(qi, q_t[p], inv_freq) @ keys[:, :, chunk_len * chunk_num_curr:kv_seq_len].mT]
+        if chunk_num_curr >= 1:
+            scores.insert(0, rope_reference(qi, qc_t[p], inv_freq)
+                          @ keys[:, :, chunk_len * (chunk_num_curr - 1):chunk_len * chunk_num_curr].mT)
+        if chunk_num_curr >= 2:
+            scores.insert(0, rope_reference(qi, qc_t[torch.tensor([[chunk_len - 1]])], inv_freq)
+                          @ keys[:, :, :chunk_len * (chunk_num_curr - 1)].mT)
+        probs = torch.softmax(torch.cat(scores, -1) * scale, -1)
+        rows.append(probs @ v[:, :, :kv_seq_len])
+    return torch.cat(rows, 2)
+
+
+@settings(max_examples=15, deadline=None)
+@given(s=st.integers(1, 40), window=st.integers(0, 20), group=st.integers(1, 5), rotary_dim=st.sampled_from([8, 16]),
+       seed=st.integers(0, 9))
+def test_self_extend_reference_matches_longlm(s, window, group, rotary_dim, seed):
+    q, k, v = make_qkv(1, 2, 2, s, s, 16, seed=seed)
+    inv_freq = inv_freq_of(rotary_dim)
+    got = rerope_reference(q, k, v, None, inv_freq, 1.0, None, 0.3, window, 0.0, "causal", "self-extend", group)
+    torch.testing.assert_close(got, self_extend_longlm(q, k, v, inv_freq, 0.3, group, window), atol=2e-5, rtol=2e-5)
+
+
+@settings(max_examples=15, deadline=None)
+@given(s=st.integers(1, 48), chunk_size=st.integers(2, 16), local=st.integers(0, 15),
+       rotary_dim=st.sampled_from([8, 16]),
+       seed=st.integers(0, 9))
+def test_dca_reference_matches_chunkllama(s, chunk_size, local, rotary_dim, seed):
+    local = local % chunk_size
+    q, k, v = make_qkv(1, 2, 2, s, s, 16, seed=seed)
+    inv_freq = inv_freq_of(rotary_dim)
+    got = rerope_reference(q, k, v, None, inv_freq, 1.0, None, 0.3, local, 0.0, "causal", "dca", 1, chunk_size)
+    torch.testing.assert_close(got, dca_chunkllama(q, k, v, inv_freq, 0.3, chunk_size, local), atol=2e-5, rtol=2e-5)
+
+
+KINDS = [("self-extend", 4, 2, 0), ("self-extend", 7, 3, 0), ("self-extend", 0, 2, 0), ("dca", 3, 1, 10),
+         ("dca", 0, 1, 6), ("dca", 5, 1, 9)]  # (kind, window, group, chunk_size)
+
+
+@pytest.mark.parametrize("kind,window,group,chunk_size", KINDS)
+@pytest.mark.parametrize("sq,extra,chunk,mask,ragged", [(40, 0, 7, "causal", False), (13, 20, 4, "causal", True),
+                                                       (30, 5, 16, "sliding:window=12,sinks=3", True),
+                                                       (1, 33, 1, "causal", True)])
+def test_chunked_cpu_path_equals_the_reference_for_every_kind(kind, window, group, chunk_size, sq, extra, chunk, mask,
+                                                                ragged):
+    """Each branch scored only over its key span, across chunk boundaries of queries, keys and DCA's chunks;
+    the last case is decode (one query against the cache)."""
+    sk = sq + extra
+    q, k, v = make_qkv(2, 4, 2, sq, sk, 16, seed=sk, dv=8)
+    kv_len = torch.tensor([max(sq, sk - extra // 2 - 1), sk]) if ragged else None
+    args = (q, k, v, None, inv_freq_of(12), 1.1, kv_len, 0.3, window, 0.0, mask, kind, group, chunk_size)
+    torch.testing.assert_close(rerope_chunked(*args, chunk=chunk), rerope_reference(*args), atol=2e-6, rtol=2e-5)
+
+
+@settings(max_examples=25, deadline=None)
+@given(kind=st.sampled_from(["self-extend", "dca"]), window=st.integers(0, 12), group=st.integers(1, 4),
+       chunk_size=st.integers(1, 20), sq=st.integers(1, 40), extra=st.integers(0, 20), chunk=st.integers(1, 17),
+       seed=st.integers(0, 99))
+def test_chunked_cpu_path_equals_the_reference_for_random_maps(kind, window, group, chunk_size, sq, extra, chunk, seed):
+    if kind == "dca":
+        window, chunk_size = window % (chunk_size + 1), chunk_size + 1  # 0 <= local < chunk size
+    sk = sq + extra
+    q, k, v = make_qkv(1, 2, 1, sq, sk, 16, seed=seed)
+    args = (q, k, v, None, inv_freq_of(16), 1.0, None, 0.3, window, 0.0, "causal", kind, group, chunk_size)
+    torch.testing.assert_close(rerope_chunked(*args, chunk=chunk), rerope_reference(*args), atol=2e-6, rtol=2e-5)
+
+
+@pytest.mark.parametrize("kind,window,group,chunk_size", [("self-extend", 40, 4, 0), ("self-extend", 3, 1, 0),
+                                                         ("dca", 4, 1, 44), ("dca", 0, 1, 40)])
+def test_new_kinds_are_plain_rope_where_their_window_covers_the_length(kind, window, group, chunk_size):
+    """Self-Extend with W >= length (or G = 1) and DCA with one chunk (chunk - local >= length) are RoPE itself."""
+    q, k, v = make_qkv(2, 4, 2, 40, 40, 16, seed=1)
+    expected = rope_then_attention(q, k, v, inv_freq_of(16), 1.2, None, 0.3)
+    got = torch.ops.lcc.rerope_attention(q, k, v, None, inv_freq_of(16), 1.2, None, 0.3, window, 0.0, "causal",
+                                         kind=kind, group=group, chunk_size=chunk_size)
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("kind,window,group,chunk_size", KINDS + [("rerope", 5, 1, 0)])
+def test_decode_step_equals_the_last_prefill_row(kind, window, group, chunk_size):
+    """One query at position n - 1 against a cache of n un-rotated keys (longer than n) is prefill's last row."""
+    q, k, v = make_qkv(1, 4, 2, 30, 30, 16, seed=2)
+    call = dict(kind=kind, group=group, chunk_size=chunk_size)
+    full = torch.ops.lcc.rerope_attention(q, k, v, None, inv_freq_of(16), 1.0, None, 0.3, window, 0.0, "causal", **call)
+    pad = torch.cat([k, torch.randn(1, 2, 5, 16)], 2), torch.cat([v, torch.randn(1, 2, 5, 16)], 2)
+    step = torch.ops.lcc.rerope_attention(q[:, :, -1:], *pad, None, inv_freq_of(16), 1.0, torch.tensor(30), 0.3, window,
+                                          0.0, "causal", **call)
+    torch.testing.assert_close(step, full[:, :, -1:], atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind,window,group,chunk_size,match", [("nope", 4, 1, 0, "kind"),
+                                                               ("self-extend", 4, 0, 0, "group"),
+                                                               ("dca", 8, 1, 8, "local window"),
+                                                               ("rerope", -1, 1, 0, "window")])
+def test_bad_mapping_parameters_are_refused(kind, window, group, chunk_size, match):
+    q, k, v = make_qkv(1, 2, 1, 4, 4, 8)
+    with pytest.raises(ValueError, match=match):
+        rerope_chunked(q, k, v, None, inv_freq_of(8), 1.0, None, 0.3, window, 0.0, "causal", kind, group, chunk_size)
+
+
+def test_cost_prices_each_kind_by_its_branches():
+    """Same pairs, more boundary work and rotations for DCA's three branches than for the two of the others."""
+    cost = registry.get("rerope_attention").cost
+    S = 8192
+    flops = {kind: float(cost(1, 8, 2, S, S, 64, 64, 64, 512, kind=kind)[0])
+             for kind in ("rerope", "self-extend", "dca")}
+    pairs = S * (S + 1) // 2
+    plain = 8 * pairs * (2 * 64 + 2 * 64)
+    assert flops["rerope"] == flops["self-extend"] and plain < flops["rerope"] < flops["dca"] < 1.1 * plain
+    assert flops["dca"] - plain > 1.8 * (flops["rerope"] - plain) * 2 / 3  # 2 edges and 3 q rotations vs 1 and 2

@@ -22,7 +22,7 @@ except ImportError as e:  # pragma: no cover - depends on the installation
 else:
     AVAILABLE, _WHY = True, None
 
-from lcc.backends import Lowered, check_dtype
+from lcc.backends import Lowered, check_dtype, check_program_dtype
 
 if AVAILABLE:
     from lcc.backends.onnx import register  # noqa: F401  (registers the onnx lowerings)
@@ -56,6 +56,10 @@ class OnnxBackend:
     """``lcc compile --backend onnx``: ONNX opset 23 + onnxruntime contrib ops, optimised for the CPU provider."""
 
     name = "onnx"
+    # float16: weights, activations, cache and GroupQueryAttention in fp16 (runs on the CPU provider too)
+    dtypes = ("float32", "float16")
+    dtype_refusals = {"bfloat16": "onnxruntime's CPU provider has no bfloat16 MatMul or Softmax kernels, so a "
+                                  "bfloat16 graph could be neither checked nor run here; float16 runs everywhere"}
 
     def available(self) -> str | None:
         return _WHY
@@ -65,7 +69,8 @@ class OnnxBackend:
         ``target`` picks the providers ``load`` uses ("cpu", the default: the CPU provider)."""
         from lcc.backends.onnx.lower import ENTRIES
 
-        check_dtype(self.name, dtype)
+        check_dtype(self, dtype)
+        check_program_dtype(program, dtype)
         entries = tuple(entries or ENTRIES)
         if set(ENTRIES) <= set(entries):  # the genai model too, where the cache allows
             manifest = lower(program, out_dir, tokenizer=_tokenizer_for(program), entries=entries, progress=progress)

@@ -222,29 +222,32 @@ def cache_attention_onnx(q, k_new, v_new, k_cache, v_cache, index, scale: float,
 
 
 def _grouped_softmax_attention(q, k, v, allowed, scale: float, empty_rows: bool, hkv: int, dv: int):
-    """softmax(q k^T * scale, masked) v with query head h reading kv head h // G, in plain ONNX ops."""
+    """softmax(q k^T * scale, masked) v with query head h reading kv head h // G, in plain ONNX ops.
+
+    Computed in fp32 whatever the inputs' dtype (as the op's reference), the output cast back to q's.
+    """
     op, _ = _ops()
     hq, d = q.shape[1], q.shape[3]
     g = hq // hkv
-    q5 = op.Reshape(q, op.Constant(value_ints=[0, hkv, g, -1, d]))  # [B,Hkv,G,Sq,D]
-    k5 = op.Unsqueeze(op.Transpose(k, perm=[0, 1, 3, 2]), op.Constant(value_ints=[2]))  # [B,Hkv,1,D,Sk]
+    q5 = op.Reshape(op.Cast(q, to=1), op.Constant(value_ints=[0, hkv, g, -1, d]))  # [B,Hkv,G,Sq,D]
+    k5 = op.Unsqueeze(op.Transpose(op.Cast(k, to=1), perm=[0, 1, 3, 2]), op.Constant(value_ints=[2]))  # [B,Hkv,1,D,Sk]
     scores = op.Mul(op.MatMul(q5, k5), op.Constant(value_float=float(scale)))
     if allowed is not None:
         scores = op.Where(allowed, scores, op.Constant(value_float=float("-inf")))
     probs = op.Softmax(scores, axis=-1)
     if empty_rows:
         probs = op.Where(op.IsNaN(probs), op.Constant(value_float=0.0), probs)
-    out = op.MatMul(probs, op.Unsqueeze(v, op.Constant(value_ints=[2])))  # [B,Hkv,G,Sq,Dv]
-    return op.Reshape(out, op.Constant(value_ints=[0, hq, -1, dv]))
+    out = op.MatMul(probs, op.Unsqueeze(op.Cast(v, to=1), op.Constant(value_ints=[2])))  # [B,Hkv,G,Sq,Dv]
+    return op.CastLike(op.Reshape(out, op.Constant(value_ints=[0, hq, -1, dv])), q)
 
 
 def masked_attention_onnx(q, k, v, kv_len, allowed, scale: float, fused: bool, empty_rows: bool):
     op, _ = _ops()
     hkv, dv = k.shape[1], v.shape[3]
     if kv_len is None:
-        if fused:
+        if fused:  # GroupQueryAttention's attention_bias has q's dtype
             bias = op.Where(allowed, op.Constant(value_float=0.0), op.Constant(value_float=float("-inf")))
-            return _gqa(q, k, v, scale, -1, op.Unsqueeze(bias, op.Constant(value_ints=[0, 1])))
+            return _gqa(q, k, v, scale, -1, op.Unsqueeze(op.CastLike(bias, q), op.Constant(value_ints=[0, 1])))
         return _grouped_softmax_attention(q, k, v, allowed, scale, empty_rows, hkv, dv)
     n = op.Reshape(op.Cast(kv_len, to=7), op.Constant(value_ints=[1]))
     zero, axis = op.Constant(value_ints=[0]), op.Constant(value_ints=[2])

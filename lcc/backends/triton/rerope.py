@@ -1,8 +1,13 @@
-"""Fused ReRoPE / Leaky ReRoPE flash attention in Triton (Su 2023), prefill and split-K decode.
+"""Fused remapped-position flash attention in Triton for the two-branch kinds, prefill and split-K decode.
 
 ``lcc.rerope_attention`` takes q and k un-rotated.  Inside the window (r = p_i - j < w)
-the score is RoPE's, <rope(q, p_i), rope(k, j)>; outside it is <rope(q, w + f (p_i - w)),
-rope(k, f j)> (relative position w + f (r - w), f = leaky_factor).  For ReRoPE (f = 0)
+the score is RoPE's, <rope(q, p_i), rope(k, j)>; outside it is the kind's second branch
+(:mod:`lcc.ops.remap`): ReRoPE / Leaky ReRoPE (Su 2023) <rope(q, w + f (p_i - w)), rope(k, f j)>
+(relative position w + f (r - w), f = leaky_factor), Self-Extend (Jin et al. 2024)
+<rope(q, p_i // G + W - W // G), rope(k, j // G)>.  Both split a query's keys at the same
+window edge, so one kernel serves them; only the prologue's positions differ.  DCA's three
+chunk-indexed branches have no kernel here: its CUDA calls run the op's chunked path (the
+``check`` of this module's Impl says so).  For ReRoPE (f = 0)
 the out-of-window key is rope(k, 0) = k times the attention scaling on its rotary
 channels: q rotated to the fixed position w against the un-rotated cache.
 
@@ -10,12 +15,12 @@ The rotations are an elementwise prologue with ``lcc.rope``'s own arithmetic (so
 bit-identical to the reference's): both q rotations, the in-window keys (all of them in
 prefill, only the window's tail in decode), and for Leaky ReRoPE every key at f j (so
 Leaky decode reads and writes the cache once more per step; ReRoPE decode does not, as
-its out-of-window keys are the cache itself).  An earlier version rotated in the kernel
-with libdevice sin/cos: 60-90 s to compile per variant and 2.4 MB cubins.  The
-attention itself is one pass with an online softmax (Triton tutorial 06) whose key
+its out-of-window keys are the cache itself; Self-Extend decode rotates every key to j // G).
+An earlier version rotated in the kernel with libdevice sin/cos: 60-90 s to compile per
+variant and 2.4 MB cubins.  The attention itself is one pass with an online softmax (Triton tutorial 06) whose key
 tiles fall in three stages per query block:
 
-    [0, far)   every pair out of the window: one q.k against the un-rotated keys
+    [0, far)   every pair out of the window: one q.k against the out-of-window keys
     [far, mid) the window's edge: both q.k products, selected pair by pair
     [mid, hi)  every pair inside the window (and the causal diagonal): one q.k
 
@@ -34,9 +39,9 @@ import triton.language as tl
 from lcc.backends.triton.decode import merge_splits, num_splits, split_program, store_partial
 from lcc.backends.triton.interpret import check_device, dot_precision, launcher, pow2, tile_config, upcast
 from lcc.backends.triton.online_softmax import LOG2E, normalize, row_program, softmax_update
-from lcc.ops import registry
+from lcc.ops import registry, remap
 from lcc.ops.masks import MaskSpec
-from lcc.ops.rerope import query_positions, rectified_positions, rerope_reference
+from lcc.ops.rerope import query_positions, rerope_reference
 from lcc.ops.rope import rope_reference
 
 
@@ -185,16 +190,18 @@ def config(head_dim: int, dtype: torch.dtype, q_len: int) -> dict:
     return tile_config(head_dim, dtype, q_len, {64: (64, 64, 4, 3), 128: (64, 64, 4, 2), None: (32, 32, 4, 2)})
 
 
-def rotate_inputs(q, k, q_pos, inv_freq, attention_scaling, window, leaky_factor, tail: bool):
+def rotate_inputs(q, k, q_pos, inv_freq, attention_scaling, window, leaky_factor, tail: bool, kind="rerope", group=1):
     """The prologue: (q_in, q_out, k_in, k_in_offset [B], k_out) with lcc.rope's arithmetic.
 
+    The out-of-window positions are the kind's second branch (:func:`lcc.ops.remap.positions`).
     ``tail``: rotate only the keys a single query position can see inside the window,
     gathered per sequence (k_in[b, :, t] is key ki_off[b] + t), as decode needs.
     """
     B, Sk = k.shape[0], k.shape[2]
-    q_rect, _ = rectified_positions(q_pos, window, leaky_factor)
+    k_pos = torch.arange(Sk, device=k.device).expand(B, Sk)
+    q_far, k_far = remap.positions(kind, q_pos, k_pos, window, leaky_factor, group, 0)[1]
     q_in = rope_reference(q, q_pos, inv_freq, attention_scaling).contiguous()
-    q_out = rope_reference(q, q_rect, inv_freq, attention_scaling).contiguous()
+    q_out = rope_reference(q, q_far, inv_freq, attention_scaling).contiguous()
     if tail:
         n = min(window, Sk)
         ki_off = (q_pos[:, -1] - window + 1).clamp(min=0)
@@ -203,33 +210,37 @@ def rotate_inputs(q, k, q_pos, inv_freq, attention_scaling, window, leaky_factor
         k_in = rope_reference(keys, idx, inv_freq, attention_scaling)
     else:
         ki_off = torch.zeros(B, dtype=torch.long, device=k.device)
-        k_in = rope_reference(k, torch.arange(Sk, device=k.device).expand(B, Sk), inv_freq, attention_scaling)
+        k_in = rope_reference(k, k_pos, inv_freq, attention_scaling)
     k_out = k
-    if leaky_factor != 0.0:
-        k_pos = torch.arange(Sk, device=k.device).expand(B, Sk)
-        k_out = rope_reference(k, rectified_positions(k_pos, window, leaky_factor)[1], inv_freq, attention_scaling)
+    if kind != "rerope" or leaky_factor != 0.0:
+        k_out = rope_reference(k, k_far, inv_freq, attention_scaling)
     return q_in, q_out, k_in.contiguous(), ki_off.to(torch.int32), k_out
 
 
 def rerope_flash(q, k, v, positions=None, inv_freq=None, attention_scaling=1.0, kv_len=None, scale=None,
-                 window=512, leaky_factor=0.0, mask="causal", block_m=0, block_n=0, splits=0, num_warps=0,
-                 num_stages=0):
-    """``lcc.rerope_attention`` by the Triton kernels (causal): CUDA tensors compiled, CPU tensors interpreted."""
+                 window=512, leaky_factor=0.0, mask="causal", kind="rerope", group=1, chunk_size=0, block_m=0,
+                 block_n=0, splits=0, num_warps=0, num_stages=0):
+    """``lcc.rerope_attention`` by the Triton kernels (causal, ReRoPE or Self-Extend): CUDA tensors compiled,
+    CPU tensors interpreted."""
     B, Hq, Sq, D = q.shape
     Hkv, Sk, Dv = k.shape[1], k.shape[2], v.shape[3]
     if MaskSpec.parse(mask).kind != "causal" or Hq % Hkv:
         raise ValueError(f"the ReRoPE kernels take a causal mask and Hq % Hkv == 0, got {mask}, {Hq}/{Hkv}")
+    if kind not in ("rerope", "self-extend"):
+        raise ValueError(f"the ReRoPE kernels take kinds rerope and self-extend, got {kind}")
+    remap.check(kind, int(window), float(leaky_factor), int(group), int(chunk_size))
     if 2 * inv_freq.shape[0] > D:
         raise ValueError(f"rotary dim {2 * inv_freq.shape[0]} exceeds head dim {D}")
     scale = D**-0.5 if scale is None else scale
     window = int(window)
     q_pos, n = query_positions(positions, kv_len, B, Sq, Sk, q.device)
     q_in, q_out, k_in, ki_off, k_out = rotate_inputs(q, k, q_pos, inv_freq, attention_scaling, window,
-                                                     float(leaky_factor), tail=Sq == 1)
+                                                     float(leaky_factor), Sq == 1, kind, int(group))
     k_out, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (k_out, v))
     q_pos, lens = q_pos.to(torch.int32).contiguous(), n.reshape(B).to(torch.int32).contiguous()
     cfg = config(D, q.dtype, Sq)
-    common = dict(SCALE_K=leaky_factor == 0.0 and attention_scaling != 1.0, R=2 * inv_freq.shape[0], D=D, DV=Dv,
+    common = dict(SCALE_K=kind == "rerope" and leaky_factor == 0.0 and attention_scaling != 1.0,
+                  R=2 * inv_freq.shape[0], D=D, DV=Dv,
                   BLOCK_D=pow2(D), BLOCK_DV=pow2(Dv), PREC=dot_precision(q.dtype),
                   UPCAST=upcast(rerope_fwd, q.dtype))
     tensors = (q_in, q_out, k_in, k_out, v)
@@ -281,18 +292,29 @@ def aot_variants(full: bool = False) -> list:
     return out
 
 
-def _impl(q, k, v, positions, inv_freq, attention_scaling, kv_len, scale, window, leaky_factor, mask):
+def _impl(q, k, v, positions, inv_freq, attention_scaling, kv_len, scale, window, leaky_factor, mask,
+          kind="rerope", group=1, chunk_size=0):
     """The op on CUDA: the kernels for causal masks, the reference for the rest."""
     if MaskSpec.parse(mask).kind != "causal":
         return rerope_reference(q, k, v, positions, inv_freq, attention_scaling, kv_len, scale, window,
-                                leaky_factor, mask)
-    return rerope_flash(q, k, v, positions, inv_freq, attention_scaling, kv_len, scale, window, leaky_factor)
+                                leaky_factor, mask, kind, group, chunk_size)
+    return rerope_flash(q, k, v, positions, inv_freq, attention_scaling, kv_len, scale, window, leaky_factor,
+                        kind=kind, group=group, chunk_size=chunk_size)
+
+
+def _no_kernel(*args, **kwargs) -> str | None:
+    """DCA has no kernel of its own yet: the op then runs its chunked path (``rerope_chunked``) on CUDA too."""
+    kind = kwargs.get("kind", args[11] if len(args) > 11 else "rerope")  # the op's call: (..., mask, kind, ...)
+    if kind == "dca":
+        return "dca: no Triton kernel (three chunk-indexed branches); the chunked torch path runs"
+    return None
 
 
 from lcc.backends.triton.register import kernel_only  # noqa: E402
 
 for _algo in ("auto", "flash"):
-    registry.register_impl("rerope_attention", registry.Impl(_algo, "cuda", _impl, source=__name__))
-registry.register_lowering("rerope_attention", "triton", kernel_only("fused ReRoPE Triton kernel on CUDA"))
+    registry.register_impl("rerope_attention", registry.Impl(_algo, "cuda", _impl, _no_kernel, source=__name__))
+registry.register_lowering("rerope_attention", "triton", kernel_only(
+    "fused ReRoPE / Self-Extend Triton kernel on CUDA (DCA: the chunked torch path)"))
 
 __all__ = ["rerope_flash", "rotate_inputs", "config", "aot_variants", "KERNELS"]

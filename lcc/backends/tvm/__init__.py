@@ -21,7 +21,7 @@ except ImportError as e:  # pragma: no cover - depends on the installation
 else:
     AVAILABLE, _WHY = True, None
 
-from lcc.backends import Lowered, check_dtype
+from lcc.backends import Lowered, check_dtype, check_program_dtype
 
 if AVAILABLE:
     from lcc.backends.tvm import register  # noqa: F401  (registers the tvm lowerings)
@@ -48,6 +48,10 @@ class TvmBackend:
     """``lcc compile --backend tvm``: builds ``llvm``, plus ``cuda -arch=sm_90`` where nvcc and CUDA codegen exist."""
 
     name = "tvm"
+    dtypes = ("float32",)
+    dtype_refusals = {d: "TVM's torch importer turns a half-precision linear into an fp32 matmul and carries fp32 "
+                         "activations on from there, so the build would not compute in that dtype"
+                      for d in ("float16", "bfloat16")}
 
     def __init__(self, targets: tuple[str, ...] | None = None):
         self.targets = targets
@@ -63,7 +67,8 @@ class TvmBackend:
     def lower(self, program, out_dir, *, target=None, dtype="float32", entries=None, progress=None) -> Lowered:
         """Build ``entries`` (default prefill and decode) for ``target`` ("cpu" is ``llvm``; default: every
         target of :meth:`default_targets`)."""
-        check_dtype(self.name, dtype)
+        check_dtype(self, dtype)
+        check_program_dtype(program, dtype)
         targets = self.default_targets() if target is None else ["llvm" if target == "cpu" else target]
         kwargs = {} if entries is None else {"entries": tuple(entries)}
         manifest = lower(program, out_dir, target=targets, progress=progress, **kwargs)

@@ -29,6 +29,8 @@ LOWERINGS = {
 for _name, _lowering in LOWERINGS.items():
     registry.register_lowering(_name, BACKEND, _lowering)
 
+from lcc.backends.tvm import rerope  # noqa: E402,F401  (registers rerope_attention's lowering, every kind)
+
 
 # ATen ops whose TVM frontend conversion is wrong for lcc programs (see lcc.backends.tvm.aten)
 ATEN_FIXES = {"index_put.default": convert_index_put, "index_copy.default": convert_index_copy}

@@ -161,3 +161,51 @@ def test_kernels_compile_ahead_of_time_for_sm80_and_sm90():
     assert {(r["kernel"].split("[")[0], r["arch"]) for r in records} == {
         (k, a) for k in ("rerope_fwd", "rerope_decode_split") for a in (80, 90)}
     assert all(r["ptx"] > 0 and r["cubin"] > 0 for r in records)
+
+
+# --- Self-Extend (Jin et al. 2024) on the same kernels; DCA falls back to the op's chunked path ---
+
+
+def check_kind(got, q, k, v, inv_freq, kv_len, window, kind, group, chunk_size=0, tol=2e-5):
+    expected = rerope_reference(q.float().cpu(), k.float().cpu(), v.float().cpu(), None, inv_freq, 1.0,
+                                None if kv_len is None else kv_len.cpu(), 0.3, window, 0.0, "causal", kind, group,
+                                chunk_size)
+    assert got.dtype == q.dtype and got.shape == expected.shape
+    torch.testing.assert_close(got.float().cpu(), expected, atol=tol, rtol=tol)
+
+
+@settings(max_examples=8, deadline=None)
+@given(sq=st.integers(2, 70), extra=st.integers(0, 20), window=st.integers(0, 48), group=st.integers(1, 5),
+       gqa=st.sampled_from([1, 3]), seed=st.integers(0, 99))
+def test_self_extend_prefill_kernel_matches_reference(device, sq, extra, window, group, gqa, seed):
+    sk = sq + extra
+    q, k, v = make_qkv(device, 2, 2 * gqa, 2, sq, sk, 16, seed=seed)
+    kv_len = torch.tensor([sk, sk - extra // 2], device=device) if extra else None
+    got = kernel(q, k, v, None, inv_freq_of(12), 1.0, kv_len, 0.3, window, 0.0, kind="self-extend", group=group,
+                 block_m=16, block_n=16)
+    check_kind(got, q, k, v, inv_freq_of(12), kv_len, window, "self-extend", group)
+
+
+@settings(max_examples=8, deadline=None)
+@given(valid=st.integers(1, 80), pad=st.integers(0, 10), window=st.integers(0, 100), group=st.integers(1, 5),
+       splits=st.integers(1, 4), seed=st.integers(0, 99))
+def test_self_extend_decode_kernel_matches_reference(device, valid, pad, window, group, splits, seed):
+    q, k, v = make_qkv(device, 2, 4, 2, 1, valid + pad, 16, seed=seed)
+    kv_len = torch.tensor([valid, valid + pad], device=device)
+    got = kernel(q, k, v, None, inv_freq_of(16), 1.0, kv_len, 0.3, window, 0.0, kind="self-extend", group=group,
+                 block_n=16, splits=splits)
+    check_kind(got, q, k, v, inv_freq_of(16), kv_len, window, "self-extend", group)
+
+
+def test_dca_on_cuda_runs_the_chunked_path_and_the_kernel_refuses_it(device):
+    from lcc.backends.triton import rerope as _  # noqa: F401  (registers the cuda implementation)
+    from lcc.ops import registry
+
+    q, k, v = make_qkv(device, 1, 2, 1, 30, 30, 16)
+    args = (q, k, v, None, inv_freq_of(16), 1.0, None, 0.3, 2, 0.0, "causal", "dca", 1, 10)
+    assert registry.select("rerope_attention", "auto", "cuda", *args) is None  # so the op runs "chunked"
+    assert registry.select("rerope_attention", "auto", "cuda", *args[:11], "self-extend", 2, 0) is not None
+    with pytest.raises(ValueError, match="dca"):
+        kernel(*args[:11], kind="dca", chunk_size=10)
+    check_kind(torch.ops.lcc.rerope_attention(*args[:11], kind="dca", chunk_size=10), q, k, v, inv_freq_of(16), None,
+               2, "dca", 1, 10)
