@@ -30,6 +30,9 @@ METHODS = {
     "yarn": ["rope-scaling:method=yarn,factor={f}"],
     "rerope": ["rerope:window=2048"],
     "leaky-rerope": ["leaky-rerope:window=2048,factor=16"],
+    # parameters from the papers relative to the trained length and the program's length (the passes' auto)
+    "self-extend": ["self-extend"],
+    "dca": ["dca"],
 }
 TRAINED = 8192
 
@@ -74,7 +77,8 @@ def measure(args, save) -> list[dict]:
         if name not in METHODS:
             sys.exit(f"unknown method {name!r}: choose from {', '.join(METHODS)}")
         passes = [p.format(f=f"{factor:g}") for p in METHODS[name]]
-        passes = passes + ["flash"] if not name.endswith("rerope") else passes
+        # the remapped-position methods own attention (one fused op per layer); the others add flash
+        passes = passes + ["flash"] if name not in ("rerope", "leaky-rerope", "self-extend", "dca") else passes
         t = time.time()
         program = apply_passes(canonical, [parse_pass(p) for p in passes])
         if args.device != "cpu":

@@ -244,7 +244,8 @@ def graph_from_json(tree: dict, tensors: dict[str, torch.Tensor], constants: dic
         if source is None:
             raise ValueError(f"input kind {kind} is not one lcc writes")
         fqn = body[source[0]]
-        attrs[fqn] = source[1][fqn]
+        # a non-persistent buffer (a pass's rope inverse frequencies) is kept with the constants, not the state dict
+        attrs[fqn] = source[1][fqn] if fqn in source[1] or kind != "buffer" else constants[fqn]
         reader.env[body["arg"]["name"]] = reader.graph.get_attr(fqn)
     for n in graph_json["nodes"]:
         reader.node(n)
