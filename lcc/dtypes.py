@@ -22,7 +22,7 @@ def parse_dtype(text: str | None, flag: str = "--dtype") -> str | None:
         return None
     name = _ALIASES.get(text.strip().lower(), text.strip().lower())
     if name not in DTYPES:
-        raise UsageError(f"{flag} {text}: unknown dtype; give fp32, fp16 or bf16")
+        raise UsageError(f"{flag} {text}: unknown dtype; give fp32, fp16 or bf16 (float32, float16 or bfloat16)")
     return name
 
 

@@ -29,11 +29,9 @@ def _cache_file() -> Path:
 
 def sha256_file(path: Path) -> str:
     """The full SHA-256 of ``path``'s bytes (the one place weight files are read for hashing)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    from lcc.integrity import sha256
+
+    return sha256(path)
 
 
 def _read_cache() -> dict:

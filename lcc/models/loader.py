@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from lcc.dtypes import DTYPES, parse_dtype  # noqa: F401  (DTYPES: re-exported by lcc.models)
 from lcc.errors import UsageError
 from lcc.models.hashing import weights_hash as files_hash
 from lcc.models.hub import is_hub_id, snapshot_path
@@ -27,8 +28,6 @@ from lcc.models.spec import FAMILIES, MODEL_TYPE_TO_FAMILY, ModelSpec, spec_from
 
 DEFAULT_MODEL = "smollm2-135m"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-DTYPES = ("float32", "float16", "bfloat16")
-_DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "half": "float16"}
 
 
 @dataclass
@@ -55,10 +54,7 @@ class LoadedModel:
 
 def torch_dtype(dtype: str) -> torch.dtype:
     """``float32``, ``float16`` or ``bfloat16`` (or fp32, fp16, bf16) as a torch dtype; else a UsageError."""
-    name = _DTYPE_ALIASES.get(str(dtype).lower(), str(dtype).lower())
-    if name not in DTYPES:
-        raise UsageError(f"unknown dtype {dtype!r}: use float32, float16 or bfloat16 (or fp32, fp16, bf16)")
-    return getattr(torch, name)
+    return getattr(torch, parse_dtype(str(dtype), "dtype"))
 
 
 def cache_dir() -> Path:

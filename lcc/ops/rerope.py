@@ -165,6 +165,17 @@ def _grouped_scores(q, k, scale):
     return torch.matmul(q.reshape(B, Hkv, Hq // Hkv, Sq, D), k[:, :, None].transpose(-1, -2)) * scale
 
 
+def export_unsupported(args: dict) -> str | None:
+    """Why a node cannot lower through :func:`rerope_for_export` (ONNX, TVM) and must fall back: a mask
+    without a predicate, or mapping parameters the op refuses; None when it can."""
+    try:
+        MaskSpec.parse(args["mask"])
+        remap.check(args["kind"], args["window"], args["leaky_factor"], args["group"], args["chunk_size"])
+    except ValueError as e:
+        return str(e)
+    return None
+
+
 def rerope_for_export(q, k, v, positions, inv_freq, attention_scaling, kv_len, scale, window, leaky_factor=0.0,
                       mask="causal", algo="auto", kind="rerope", group=1, chunk_size=0):
     """:func:`rerope_reference` without Python control flow on sizes or data (fp32), for the exporting backends

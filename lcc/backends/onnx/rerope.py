@@ -16,8 +16,7 @@ from __future__ import annotations
 import torch.fx
 
 from lcc.ops import remap
-from lcc.ops.masks import MaskSpec
-from lcc.ops.rerope import rerope_for_export
+from lcc.ops.rerope import export_unsupported, rerope_for_export
 
 
 def prepare(node: torch.fx.Node, args: dict, capacity: int) -> str:
@@ -27,10 +26,4 @@ def prepare(node: torch.fx.Node, args: dict, capacity: int) -> str:
             "+ mask predicate + MatMul/Softmax")
 
 
-def rerope_unsupported(args: dict) -> str | None:
-    try:
-        MaskSpec.parse(args["mask"])
-        remap.check(args["kind"], args["window"], args["leaky_factor"], args["group"], args["chunk_size"])
-    except ValueError as e:
-        return str(e)
-    return None
+rerope_unsupported = export_unsupported

@@ -13,9 +13,8 @@ from __future__ import annotations
 import torch.fx
 
 from lcc.ops import registry, remap
-from lcc.ops.masks import MaskSpec
 from lcc.ops.registry import Lowering
-from lcc.ops.rerope import rerope_for_export
+from lcc.ops.rerope import export_unsupported, rerope_for_export
 
 
 def prepare(node: torch.fx.Node, args: dict, context=None) -> str:
@@ -24,14 +23,7 @@ def prepare(node: torch.fx.Node, args: dict, context=None) -> str:
     return f"{args['kind']}: {remap.BRANCHES[args['kind']]} rope'd score matrices selected per pair, Relax softmax"
 
 
-def rerope_unsupported(args: dict) -> str | None:
-    """Why a node must fall back: a mask without a predicate, or mapping parameters the op refuses."""
-    try:
-        MaskSpec.parse(args["mask"])
-        remap.check(args["kind"], args["window"], args["leaky_factor"], args["group"], args["chunk_size"])
-    except ValueError as e:
-        return str(e)
-    return None
+rerope_unsupported = export_unsupported
 
 
 LOWERING = Lowering(None, rerope_unsupported, "rope'd score matrices per branch selected per pair, Relax softmax",
