@@ -17,12 +17,17 @@ RSS_LIMIT = 2 * 1024**3  # far below the 16 GB the weights would take in bf16
 
 
 def _lcc_with_peak_rss(*args, timeout=600):
-    """Run ``python -m lcc ARGS``; (completed process, peak RSS in bytes of that process)."""
-    code = ("import resource, runpy, sys\n"
+    """Run ``python -m lcc ARGS``; (completed process, peak RSS in bytes of that process).
+
+    The peak is the child's own ``VmHWM``: ``getrusage(RUSAGE_SELF).ru_maxrss`` would not do, because Linux
+    carries the parent's high-water mark across fork + exec, so under a long pytest run it reported the
+    test runner's RSS (7.8 GiB in CI), not lcc's."""
+    code = ("import runpy, sys\n"
             "sys.argv = ['lcc', *sys.argv[1:]]\n"
             "try:\n    runpy.run_module('lcc', run_name='__main__')\n"
             "finally:\n"
-            "    print('PEAK_RSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, file=sys.stderr)\n")
+            "    hwm = next(l for l in open('/proc/self/status') if l.startswith('VmHWM:'))\n"
+            "    print('PEAK_RSS', int(hwm.split()[1]) * 1024, file=sys.stderr)\n")
     r = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=timeout)
     peak = next(int(line.split()[1]) for line in r.stderr.splitlines() if line.startswith("PEAK_RSS"))
     return r, peak
