@@ -9,8 +9,9 @@ machine weighs on both alike:
   ``AutoModelForCausalLM`` (sdpa, fp32, the artifact's RoPE scaling as ``rope_parameters``) and
   calls ``generate`` (greedy, ``min_new_tokens=max_new_tokens=N``), both printing the text;
 - decode tokens/s at each ``--contexts`` length: lcc loads the artifact in process
-  (``lcc.compile.load_artifact``) and times decode steps through the runtime's in-place-cache
-  entry; transformers times ``model(...)`` steps on a ``DynamicCache``. Both caches are filled
+  (``lcc.artifact.load_runnable``) and times decode steps through the entry the runtime calls
+  (``lcc.runtime.owned_entry``: cache written in place, ops called directly); transformers times
+  ``model(...)`` steps on a ``DynamicCache``. Both caches are filled
   with ``L`` random keys and values first (a real prefill of 16k tokens takes minutes on a
   small CPU and does not change what a decode step costs).
 
@@ -106,13 +107,13 @@ def hf_generate(args) -> None:
 def decode_lcc(args) -> None:
     """Decode tokens/s of the artifact after ``args.context`` cached positions."""
     import torch
+    from lcc.artifact import load_runnable
     from lcc.capture.program import CacheLayout
-    from lcc.compile import load_artifact
-    from lcc.runtime import empty_cache, write_cache_in_place
+    from lcc.runtime import empty_cache, owned_entry
 
-    manifest, runnable, _ = load_artifact(Path(args.artifact))
+    manifest, runnable = load_runnable(Path(args.artifact))
     layout = CacheLayout.from_dict(manifest.cache)
-    decode = write_cache_in_place(runnable.entries["decode"])
+    decode = owned_entry(runnable.entries["decode"])
     cache = empty_cache(layout, "cpu")
     gen = torch.Generator().manual_seed(0)
     for t in cache:

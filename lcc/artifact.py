@@ -164,3 +164,86 @@ def entry_signatures(program) -> dict:
         signatures["prefill_logits"] = {"inputs": [ids, *cache],
                                         "outputs": [{**logits, "shape": [b, "S", v]}, *cache]}
     return signatures
+
+
+def load_runnable(out_dir, trust_native: bool = False):
+    """(manifest, runnable with ``.entries``) of the artifact directory ``out_dir``.
+
+    Before anything of it is loaded: the manifest's format and lcc version, every file against
+    ``checksums.json`` and, for native code, that this machine built it (or ``trust_native``).
+    Only the backend's own modules are imported (``lcc run`` starts in the time it takes to map the
+    weights, not to import the compiler)."""
+    from lcc.backends import get_backend
+    from lcc.integrity import check_native, verify
+
+    out_dir = Path(out_dir)
+    manifest = load(out_dir)
+    table = verify(out_dir)
+    backend = get_backend(manifest.backend)
+    native_files = getattr(backend, "native_files", None)
+    if native_files is not None:
+        check_native(out_dir, native_files(out_dir), table, trust_native)
+    return manifest, backend.load(out_dir, manifest)
+
+
+# tokenizer classes whose encoding and decoding are tokenizer.json's own (transformers 5 saves a tokenizer
+# it rebuilt from tokenizer.json under "TokenizersBackend"); any other class may add to them
+PLAIN_TOKENIZERS = ("TokenizersBackend", "PreTrainedTokenizerFast")
+_ENCODING_KEYS = ("add_bos_token", "add_eos_token", "add_prefix_space", "clean_up_tokenization_spaces", "legacy",
+                  "do_lower_case")
+
+
+class PlainTokenizer:
+    """An artifact's ``tokenizer.json`` read by the ``tokenizers`` library alone, for ``lcc run``: the ids and
+    text transformers' tokenizer gives for a :data:`PLAIN_TOKENIZERS` class, without importing transformers
+    (about two seconds of a command's start)."""
+
+    def __init__(self, tokenizer, eos_token_id: int | None):
+        self.tokenizer = tokenizer
+        self.eos_token_id = eos_token_id
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text).ids
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+
+class _HFTokenizer:
+    """transformers' tokenizer behind :class:`PlainTokenizer`'s interface."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.eos_token_id = tokenizer.eos_token_id
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer(text)["input_ids"]
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def load_tokenizer(out_dir):
+    """The artifact's tokenizer for generation (``encode``, ``decode`` skipping special tokens,
+    ``eos_token_id``), or None when it has no ``tokenizer.json``: a :class:`PlainTokenizer` when its
+    ``tokenizer_config.json`` names a plain class and no setting that changes the encoding, else
+    transformers' ``AutoTokenizer``."""
+    out_dir = Path(out_dir)
+    if not (out_dir / "tokenizer.json").is_file():
+        return None
+    try:
+        config = json.loads((out_dir / "tokenizer_config.json").read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        config = None
+    plain = (isinstance(config, dict) and config.get("tokenizer_class") in PLAIN_TOKENIZERS
+             and not any(config.get(k) for k in _ENCODING_KEYS))
+    if not plain:
+        from transformers import AutoTokenizer
+
+        return _HFTokenizer(AutoTokenizer.from_pretrained(out_dir))
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(out_dir / "tokenizer.json"))
+    eos = config.get("eos_token")
+    eos = eos.get("content") if isinstance(eos, dict) else eos
+    return PlainTokenizer(tokenizer, tokenizer.token_to_id(eos) if isinstance(eos, str) else None)

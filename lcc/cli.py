@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from lcc.errors import CheckFailed, UsageError
+from lcc.errors import CheckFailed, RunFailed, UsageError
 from lcc.ui import err, human_bytes, out, status, table as make_table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -21,9 +21,11 @@ TrustNativeOpt = typer.Option(False, "--trust-native", help="run an artifact's n
 
 
 def _passes(values: Optional[list[str]]):
+    if not values:
+        return []
     from lcc.passes import parse_pass
 
-    return [parse_pass(v) for v in values or []]
+    return [parse_pass(v) for v in values]
 
 
 DtypeOpt = typer.Option(None, "--dtype", help="weights and compute: fp32, fp16 or bf16 (default fp32 on the CPU)")
@@ -100,12 +102,6 @@ def run(model: str = typer.Argument(..., help="preset, HF directory, .gguf file,
         kv_cache_dtype: Optional[str] = KvDtypeOpt,
         trust_native: bool = TrustNativeOpt):
     """Greedy generation through the captured program's prefill + decode."""
-    import torch
-
-    from lcc.capture.export import capture
-    from lcc.passes import apply_passes, canonicalize
-    from lcc.runtime import eos_ids, generate_ids
-
     from pathlib import Path
 
     specs = _passes(passes)
@@ -114,6 +110,12 @@ def run(model: str = typer.Argument(..., help="preset, HF directory, .gguf file,
     if (Path(model) / "lcc.json").is_file():
         _check_artifact_dtypes(Path(model), dtype and compute, cache_dtype)
         return _run_artifact(Path(model), prompt, max_new_tokens, specs, trust_native)
+    import torch
+
+    from lcc.capture.export import capture
+    from lcc.passes import apply_passes, canonicalize
+    from lcc.runtime import eos_ids, generate_ids
+
     loaded = _load(model, compute)
     if loaded.tokenizer is None:
         raise UsageError(f"{model} has no tokenizer files: lcc run needs tokenizer.json beside the weights")
@@ -127,7 +129,12 @@ def run(model: str = typer.Argument(..., help="preset, HF directory, .gguf file,
         program = canonicalize(capture(loaded, capacity, cache_dtype=cache_dtype))
         program = apply_passes(program, specs)
     with status("generating"):
-        new = generate_ids(program, ids, max_new_tokens, stop=eos_ids(loaded.model))
+        if any(spec.name == "context-parallel" for spec in specs):  # N ranks forked from here (gloo / NCCL)
+            from lcc.distributed.launch import generate as cp_generate
+
+            new = cp_generate(program, ids, max_new_tokens, stop=eos_ids(loaded.model))
+        else:
+            new = generate_ids(program, ids, max_new_tokens, stop=eos_ids(loaded.model))
     print(loaded.tokenizer.decode(new, skip_special_tokens=True))
 
 
@@ -177,24 +184,34 @@ def _check_cache_fits(cache_bytes: int, tokens: int, flag: str) -> None:
 
 
 def _run_artifact(path, prompt: str, max_new_tokens: int, specs, trust_native: bool = False) -> None:
+    import torch
+
+    from lcc.artifact import load_runnable, load_tokenizer
     from lcc.capture.program import CacheLayout
-    from lcc.compile import load_artifact
     from lcc.runtime import generate_ids
 
     if specs:
         raise UsageError("--pass does not apply to a compiled artifact: its passes were fixed by lcc compile")
     with status(f"loading {path}"):
-        manifest, runnable, tokenizer = load_artifact(path, trust_native=trust_native)
+        manifest, runnable = load_runnable(path, trust_native=trust_native)
+        tokenizer = load_tokenizer(path)
     if tokenizer is None:
         raise UsageError(f"{path} has no tokenizer files: recompile from a model that has a tokenizer")
-    ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+    ids = torch.tensor([tokenizer.encode(prompt)], dtype=torch.long)
     if ids.shape[1] < 1:
         raise UsageError("the prompt is empty: give --prompt with some text")
     eos = tokenizer.eos_token_id
+    stop, layout = {eos} if eos is not None else set(), CacheLayout.from_dict(manifest["cache"])
+    passes = [str(p) for p in manifest["plan"].get("passes") or ()]
     with status("generating"):
-        new = generate_ids(runnable, ids, max_new_tokens, stop={eos} if eos is not None else set(),
-                           cache_layout=CacheLayout.from_dict(manifest["cache"]))
-    print(tokenizer.decode(new, skip_special_tokens=True))
+        if any(p.startswith("context-parallel") for p in passes):  # runs on the N ranks its pass fixed
+            from lcc.distributed.launch import generate as cp_generate, ranks_of
+
+            new = cp_generate(runnable, ids, max_new_tokens, stop=stop, ranks=ranks_of(passes), cache_layout=layout,
+                              device="cuda" if manifest["target"].startswith("cuda") else "cpu")
+        else:
+            new = generate_ids(runnable, ids, max_new_tokens, stop=stop, cache_layout=layout)
+    print(tokenizer.decode(new))
 
 
 @app.command("compile")
@@ -223,7 +240,7 @@ def compile_cmd(model: str = typer.Argument("smollm2-135m", help="preset, HF dir
     from lcc.ui import RichStages
     from lcc.lengths import check_min_length, parse_length
 
-    from lcc.backends import check_dtype
+    from lcc.backends import check_dtype, default_dtype
     from lcc.target import default_profile, device_alias, parse_target
 
     n = check_min_length(parse_length(target_len), "--target-len", target_len)
@@ -232,6 +249,8 @@ def compile_cmd(model: str = typer.Argument("smollm2-135m", help="preset, HF dir
     where = parse_target(target)
     device = profile or default_profile(where)
     compute, cache_dtype = _dtypes(dtype, kv_cache_dtype)
+    if dtype is None and where.is_cuda:
+        compute = default_dtype(get_backend(backend), str(where))
     check_dtype(get_backend(backend), compute)  # usage errors before any slow work
     plan_fn = _planner()
     if plan_fn is not None:
@@ -545,18 +564,28 @@ def train_memory_cmd(model: str = typer.Argument("smollm2-135m", help="preset, H
               f"--pass memory-tokens:count={count},segment={segment},memory={target}")
 
 
+COST_COMMANDS = ("cost", "plan", "calibrate")
+
+
 def _register_cost_commands() -> None:
-    """``lcc cost``, ``lcc plan``, ``lcc calibrate`` live with the cost model."""
+    """``lcc cost``, ``lcc plan``, ``lcc calibrate`` live with the cost model (registered once)."""
+    if any(c.name in COST_COMMANDS for c in app.registered_commands):
+        return
     try:
         from lcc.cost import cli as cost_cli
     except ImportError:
         return
-    app.command("cost")(cost_cli.cost)
-    app.command("plan")(cost_cli.plan)
-    app.command("calibrate")(cost_cli.calibrate)
+    for name in COST_COMMANDS:
+        app.command(name)(getattr(cost_cli, name))
 
 
-_register_cost_commands()
+def _needs_cost_commands(argv: list[str]) -> bool:
+    """Whether the command line may reach a cost command: it names one, or none of this module's own (``--help``
+    and an unknown command list every command).  Importing :mod:`lcc.cost` takes seconds (it imports the
+    symbolic cost model), so ``lcc run`` and the others do without it."""
+    own = {c.name or c.callback.__name__.replace("_", "-") for c in app.registered_commands}
+    first = next((a for a in argv if not a.startswith("-")), None)
+    return first not in own
 
 
 def _click_exceptions():
@@ -579,16 +608,15 @@ def _quiet() -> None:
     import warnings
 
     warnings.filterwarnings("ignore")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # read when transformers is imported
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' bars follow the hub's setting
     logging.getLogger("transformers").setLevel(logging.ERROR)
-    try:
-        from transformers.utils import logging as hf_logging
+    if "transformers" in sys.modules:  # imported already (a caller's): set it directly; else importing it costs
+        from transformers.utils import logging as hf_logging  # seconds that `lcc run` of an artifact never needs
 
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
-    except ImportError:
-        pass
 
 
 DISK_FULL = 3  # exit code of a write that failed for lack of space (ENOSPC, EDQUOT)
@@ -631,6 +659,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = [a for a in argv if a != "--debug"]
     if not debug:
         _quiet()
+    if _needs_cost_commands(argv):
+        _register_cost_commands()
     usage, exits, aborts = _click_exceptions()
     interrupted, previous = _catch_sigint()
     try:
@@ -648,7 +678,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except (*aborts, KeyboardInterrupt):
         return 130
-    except CheckFailed as e:
+    except (CheckFailed, RunFailed) as e:
         if debug:
             raise
         print(f"lcc: error: {e}", file=sys.stderr)

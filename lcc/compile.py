@@ -24,11 +24,12 @@ from lcc import artifact
 from lcc.artifact import Manifest, entry_signatures
 from lcc.backends import check_dtype, get_backend
 from lcc.capture import capture
-from lcc.diff import diff as run_diff, logit_limit
+from lcc.diff import Checked, check_stages, logit_limit
 from lcc.errors import CheckFailed, UsageError
 from lcc.models.loader import LoadedModel
 from lcc.outdir import check_out, install, make_tmp
 from lcc.passes import PassSpec, apply_passes, canonicalize
+from lcc.runtime import device_of
 
 CHECK_LEN = 256  # tokens of sample input for the stage checks
 ENTRIES = ("prefill", "decode", "prefill_logits")  # what an artifact holds (prefill_logits: perplexity)
@@ -52,20 +53,23 @@ class Stages:
 
 
 class _Timed(Stages):
-    """Passes a compile's progress on to ``inner`` and keeps each stage's wall time in ``times`` (seconds)."""
+    """Passes a compile's progress on to ``inner`` and keeps each stage's wall time in ``times`` and the CPU time
+    of the process (all its threads) in ``cpu_times`` (seconds): on a shared machine the CPU time is the figure
+    other work disturbs less."""
 
     def __init__(self, inner: Stages):
-        self.inner, self.times = inner, {}
-        self._stage, self._t0 = None, 0.0
+        self.inner, self.times, self.cpu_times = inner, {}, {}
+        self._stage, self._t0, self._c0 = None, 0.0, 0.0
 
     def _stop(self) -> None:
         if self._stage is not None:
             self.times[self._stage] = round(time.perf_counter() - self._t0, 3)
+            self.cpu_times[self._stage] = round(time.process_time() - self._c0, 3)
             self._stage = None
 
     def start(self, stage: str, total: int | None = None) -> None:
         self._stop()
-        self._stage, self._t0 = stage, time.perf_counter()
+        self._stage, self._t0, self._c0 = stage, time.perf_counter(), time.process_time()
         self.inner.start(stage, total)
 
     def advance(self, stage: str, note: str = "") -> None:
@@ -84,22 +88,41 @@ class CompileResult:
     cached: bool = False  # installed from the compile cache (lcc.compile_cache), not compiled
 
 
-def _check_lowered(backend, out_dir, manifest, program, ids, floor: float | None = None) -> dict:
-    """The lowered prefill (and prefill_logits) against the program it came from, on the sample input, within
-    the fp32 rule or, for a half-precision program, ``floor`` (its stages' limit against the fp32 oracle)."""
+def _check_lowered(backend, out_dir, manifest, program, checked: Checked, floor: float | None = None) -> dict:
+    """The lowered prefill (and prefill_logits) on the sample input, within the fp32 rule or, for a half-precision
+    program, ``floor`` (its stages' limit against the fp32 oracle), against the last checked stage's logits
+    (``checked``: the same passes, run by the check stage) or else the program it came from, run again here.
+
+    The checked stage's logits are free; the program is run only when they do not match (a pass whose outputs
+    depend on the cache's capacity, or a kv-cache dtype of its own), so the verdict is the one the program's
+    own outputs give: the lowered artifact is always checked against what it was lowered from."""
     loaded = backend.load(out_dir, manifest)
-    max_abs, limit = 0.0, 0.0
-    empty = program.cache.empty()  # shared by the program's runs: its exported graphs never write their inputs
-    for name in ("prefill_logits", "prefill"):  # prefill last: its logits give top-1
-        if name not in program.entries or name not in loaded.entries:
-            continue
+    ids = checked.ids
+    names = [n for n in ("prefill_logits", "prefill") if n in program.entries and n in loaded.entries]
+    dev = device_of(loaded)  # a torch artifact for a cuda target loads onto the GPU; other backends move inputs
+    with torch.inference_mode():  # prefill last: its logits give top-1
+        got = {n: torch.as_tensor(loaded.entries[n](ids.to(dev), *program.cache.empty(dev))[0]).float().cpu()
+               for n in names}
+    logits = checked.last.logits.unsqueeze(0)  # [1, S, V]: every position (prefill_logits), the last (prefill)
+    want = {n: logits if n == "prefill_logits" else logits[:, -1:] for n in names}
+    result = _lowered_verdict(backend, got, want, floor)
+    if not result["ok"]:
+        empty = program.cache.empty()  # shared by the program's runs: its exported graphs never write their inputs
         with torch.inference_mode():
-            want = program.entries[name](ids, *empty)[0].float()
-            got = torch.as_tensor(loaded.entries[name](ids, *program.cache.empty())[0]).float()
-        max_abs = max(max_abs, float((got - want).abs().max()))
-        limit = max(limit, logit_limit(want), floor or 0.0)
+            want = {n: program.entries[n](ids, *empty)[0].float() for n in names}
+        result = _lowered_verdict(backend, got, want, floor)
+    return result
+
+
+def _lowered_verdict(backend, got: dict, want: dict, floor: float | None) -> dict:
+    """The lowered check's record: the largest logit error over the entries, within the largest limit."""
+    max_abs, limit = 0.0, 0.0
+    for name in got:
+        max_abs = max(max_abs, float((got[name] - want[name]).abs().max()))
+        limit = max(limit, logit_limit(want[name]), floor or 0.0)
+    last = list(got)[-1]
     return {"name": f"lowered:{backend.name}", "exact": True, "max_abs": max_abs, "limit": limit,
-            "ok": max_abs <= limit, "top1": float((got.argmax(-1) == want.argmax(-1)).float().mean())}
+            "ok": max_abs <= limit, "top1": float((got[last].argmax(-1) == want[last].argmax(-1)).float().mean())}
 
 
 def compile_model(loaded: LoadedModel, target_len: int, backend_name: str, passes: list[PassSpec] | None,
@@ -107,6 +130,9 @@ def compile_model(loaded: LoadedModel, target_len: int, backend_name: str, passe
                   progress: Stages | None = None, dtype: str = "float32", kv_cache_dtype: str | None = None,
                   target: str | None = None, cache: bool = False) -> CompileResult:
     """Plan (unless ``passes`` are given) for ``device`` (a hardware profile), check, lower, write ``out``.
+
+    ``plan_fn(program, target_len, device) -> (plan dict, PassSpecs)`` (:func:`lcc.cost.planner.plan_for_compile`)
+    is given the canonical program of ``loaded`` (prefill and decode, captured small: the check stage shares it).
 
     ``cache``: take the artifact from the compile cache when these inputs were compiled before, and keep
     the result there (:mod:`lcc.compile_cache`); ``dtype``, ``kv_cache_dtype`` and ``target`` are in its key."""
@@ -199,7 +225,7 @@ def from_cache_by_name(model: str, target_len: int, backend_name: str, passes: l
 def _compile(loaded: LoadedModel, target_len: int, backend, passes: list[PassSpec] | None, out: Path,
              force: bool, device: str, plan_fn: Callable | None, progress: Stages | None,
              target: str | None, kv_cache_dtype: str | None = None) -> CompileResult:
-    """The compile itself, each stage timed (``report["stage_seconds"]``)."""
+    """The compile itself, each stage timed (``report["stage_seconds"]``; CPU time in ``"stage_cpu_seconds"``)."""
     from lcc.target import parse_target
 
     where = parse_target(target)
@@ -207,12 +233,27 @@ def _compile(loaded: LoadedModel, target_len: int, backend, passes: list[PassSpe
     stages = _Timed(progress or Stages())
     plan = {"source": "user", "passes": [str(p) for p in passes or []], "reason": "passes given on the command line",
             "device": device}
+    check_len = min(CHECK_LEN, target_len)
+    captured = canonical = planned = None
     if passes is None:
-        stages.start("plan", 1)
-        plan, passes = plan_fn(loaded, target_len, device)
+        # one small capture for the planner (prefill, decode: capacity is symbolic in their cost) and the check
+        # stage (prefill_full), canonicalized once; the planner's memoised costs then give the report's curves
+        from lcc.cost.planner import CAPTURE_CAPACITY
+
+        stages.start("plan", 3)
+        captured = capture(loaded, capacity=max(check_len, CAPTURE_CAPACITY), entries=("prefill", "decode",
+                                                                                        "prefill_full"))
+        stages.advance("plan", "capture")
+        canonical = canonicalize(captured)
+        stages.advance("plan", "canonical")
+        planned = _only(canonical, "prefill", "decode")
+        plan, passes = plan_fn(planned, target_len, device)
         stages.advance("plan")
+        captured, canonical = _only(captured, "prefill_full"), _only(canonical, "prefill_full")
     stages.start("check", 3 + len(passes))
-    reports = run_diff(loaded, passes, min(CHECK_LEN, target_len), progress=lambda s: stages.advance("check", s))
+    checked = check_stages(loaded, passes, check_len, progress=lambda s: stages.advance("check", s),
+                           captured=captured, canonical=canonical)
+    reports = checked.reports
     failed = [f"{r.name} (max abs logit error {r.vs_prev_max_abs:.2e})" for r in reports if not r.ok]
     if failed:
         raise CheckFailed(f"exact stages out of tolerance on a {min(CHECK_LEN, target_len)}-token sample: "
@@ -244,21 +285,18 @@ def _compile(loaded: LoadedModel, target_len: int, backend, passes: list[PassSpe
         )
         manifest.write(tmp)
         stages.start("check lowered", 1)
-        from lcc.data import sample_ids
-
-        ids = torch.tensor([sample_ids(loaded.tokenizer, min(CHECK_LEN, target_len), loaded.spec.vocab)])
         if where.is_cuda and not torch.cuda.is_available():
             lowered_check = {"name": f"lowered:{backend.name}", "exact": True, "unchecked": "no CUDA here",
                              "ok": True}
         else:
             # half precision: the lowered program may differ from the in-memory one by the dtype's own noise
             floor = max((r.limit for r in reports if r.exact and r.against == "fp32 oracle"), default=None)
-            lowered_check = _check_lowered(backend, tmp, manifest, program, ids, floor)
+            lowered_check = _check_lowered(backend, tmp, manifest, program, checked, floor)
         stages.advance("check lowered")
         stages.start("report", 2)
         report = {"stages": [r.to_dict() for r in reports], "lowered": lowered_check, "plan": plan,
-                  "cost": cost_curves(base, program, passes, target_len, device, tmp / "cost.png"),
-                  "timings": lowered.timings, "stage_seconds": stages.times}
+                  "cost": cost_curves(base, program, passes, target_len, device, tmp / "cost.png", planned),
+                  "timings": lowered.timings, "stage_seconds": stages.times, "stage_cpu_seconds": stages.cpu_times}
         stages.advance("report", "cost.png")
         from lcc.report import write_json, write_report
 
@@ -273,6 +311,11 @@ def _compile(loaded: LoadedModel, target_len: int, backend, passes: list[PassSpe
     return CompileResult(out, manifest, report)
 
 
+def _only(program, *entries: str):
+    """``program`` with only ``entries``."""
+    return program.with_entries({name: program.entries[name] for name in entries})
+
+
 def curve_lengths(target_len: int, lowest: int = 1024) -> list[int]:
     """Powers of two from ``lowest`` up to the target (and the target itself)."""
     n, out = min(lowest, target_len), []
@@ -282,22 +325,28 @@ def curve_lengths(target_len: int, lowest: int = 1024) -> list[int]:
     return out + [target_len]
 
 
-def cost_curves(base, program, passes, target_len: int, device: str, png: Path) -> dict | None:
+def cost_curves(base, program, passes, target_len: int, device: str, png: Path, planned=None) -> dict | None:
     """Predicted memory and prefill time against length for the plan and for no passes (lcc.cost); the PNG.
 
-    ``None`` when the cost model is not installed or the device profile is unknown.
+    ``planned``: the program the planner priced (the same model, captured small: the capacity is symbolic in
+    the cost), whose costs with and without ``passes`` the planner has already walked; else ``program`` and
+    ``base`` are walked.  ``None`` when the cost model is not installed or the device profile is unknown.
     """
     try:
         from lcc.cost import load_profile, plot_cost, program_cost
-        from lcc.cost.planner import BUDGET_FRACTION
+        from lcc.cost.planner import BUDGET_FRACTION, rewritten_cost
     except ImportError:
         return None
     profile = load_profile(device)
     lengths = curve_lengths(target_len)
     label = " + ".join(str(p) for p in passes) or "no passes"
-    curves = {label: [program_cost(_priced(program), profile.kind).evaluate(n, profile) for n in lengths]}
+    if planned is not None:
+        priced, bare = (rewritten_cost(planned, p, profile.kind) for p in ([str(p) for p in passes], []))
+    else:
+        priced, bare = program_cost(_priced(program), profile.kind), None
+    curves = {label: [priced.evaluate(n, profile) for n in lengths]}  # one walk prices every length
     if passes:
-        bare = program_cost(_priced(base), profile.kind)
+        bare = bare or program_cost(_priced(base), profile.kind)
         curves["no passes"] = [bare.evaluate(n, profile) for n in lengths]
     plot_cost(curves, str(png), f"{program.spec.model_id}: predicted cost on {profile.name}",
               BUDGET_FRACTION * profile.memory_bytes)
@@ -324,20 +373,10 @@ def seal(backend, out_dir: Path) -> None:
 
 
 def load_artifact(path: Path, trust_native: bool = False):
-    """(manifest, runnable with .entries, tokenizer) of a compiled artifact directory.
-
-    Before anything of it is loaded: the manifest's format and lcc version, every file against
-    ``checksums.json`` and, for native code, that this machine built it (or ``trust_native``)."""
-    from lcc.integrity import check_native, verify
-
+    """(manifest, runnable with .entries, tokenizer) of a compiled artifact directory: the checks of
+    :func:`lcc.artifact.load_runnable` (format, version, checksums, native code), then transformers' tokenizer."""
     path = Path(path)
-    manifest = artifact.load(path)
-    table = verify(path)
-    backend = get_backend(manifest.backend)
-    native_files = getattr(backend, "native_files", None)
-    if native_files is not None:
-        check_native(path, native_files(path), table, trust_native)
-    runnable = backend.load(path, manifest)
+    manifest, runnable = artifact.load_runnable(path, trust_native)
     tokenizer = None
     if (path / "tokenizer.json").is_file():
         from transformers import AutoTokenizer

@@ -1,4 +1,4 @@
-"""Errors that the CLI turns into one line on stderr and exit code 2."""
+"""Errors that the CLI turns into one line on stderr: exit code 2 for usage, 1 for a failed check or run."""
 
 
 class UsageError(ValueError):
@@ -7,3 +7,7 @@ class UsageError(ValueError):
 
 class CheckFailed(RuntimeError):
     """A compiled stage is out of tolerance: the CLI prints the message on one line and exits 1."""
+
+
+class RunFailed(RuntimeError):
+    """A run failed outside lcc's process (a rank of a multi-process run died): one line, exit 1."""

@@ -7,6 +7,14 @@ swapped alone, not against someone who rewrites ``checksums.json`` too (nothing 
 ``inside`` resolves a path a backend manifest names within the artifact or refuses it.
 Native code (TVM libraries, AOTInductor packages) loads only when this machine built it (its hash is
 in ``$LCC_CACHE/built.json``, written by ``lcc compile``: :func:`record_built`) or the user trusts it.
+
+Hashing an artifact's weights takes about a second per 500 MB on every load, so ``verify`` remembers, in
+``$LCC_CACHE/verified.json``, the SHA-256 of each large file it has read together with the file's identity
+(device, inode, size, modification and status-change times in nanoseconds).  A file whose identity is
+unchanged since it was hashed is not read again: any write to it, a copy, a rename over it or a restore
+with its old modification time changes the status-change time, which no user can set.  A file changed less
+than :data:`SETTLE_NS` before it was hashed is not remembered (as git's "racy" index entries), so a write
+that follows the hash within one tick of the file-system clock cannot keep the identity it was hashed under.
 """
 
 from __future__ import annotations
@@ -20,6 +28,10 @@ from lcc.errors import UsageError
 
 FILE = "checksums.json"
 BUILT = "built.json"
+VERIFIED = "verified.json"
+REMEMBER_BYTES = 1 << 24  # files at least this large have their hash remembered by identity (the weights)
+REMEMBER_FILES = 256  # identities kept in VERIFIED (the newest)
+SETTLE_NS = 2_000_000_000  # a file changed this recently (ns) when hashed is not remembered
 RECOMPILE = "recompile it with `lcc compile`"
 
 
@@ -94,15 +106,71 @@ def verify(out_dir) -> dict[str, dict]:
     extra = [f for f in files if f != FILE and f not in table]
     if extra:
         raise _damaged(root / extra[0], f"is not listed in {FILE}")
+    known = _verified()
+    learned = {}
     for rel, want in sorted(table.items()):
         p = root / rel
         if not p.is_file():
             raise _damaged(p, "is missing")
-        if p.stat().st_size != want["bytes"]:
-            raise _damaged(p, f"has {p.stat().st_size} bytes, not the {want['bytes']} recorded in {FILE}")
+        st = p.stat()
+        if st.st_size != want["bytes"]:
+            raise _damaged(p, f"has {st.st_size} bytes, not the {want['bytes']} recorded in {FILE}")
+        key = _identity(st)
+        if st.st_size >= REMEMBER_BYTES and known.get(key) == want["sha256"]:
+            continue
         if sha256(p) != want["sha256"]:
             raise _damaged(p, f"does not match its SHA-256 recorded in {FILE}")
+        if st.st_size >= REMEMBER_BYTES and _identity(p.stat()) == key and _settled(st):
+            learned[key] = want["sha256"]  # unchanged while it was read, and not changed just before
+    if learned:
+        _remember(known, learned)
     return table
+
+
+def _settled(st: os.stat_result) -> bool:
+    import time
+
+    return time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) >= SETTLE_NS
+
+
+def _identity(st: os.stat_result) -> str:
+    return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
+
+
+def _verified_path() -> Path:
+    from lcc.models.loader import cache_dir
+
+    return cache_dir() / VERIFIED
+
+
+def _verified() -> dict[str, str]:
+    """File identity -> the SHA-256 ``verify`` computed for it (empty when the record is absent or unreadable)."""
+    try:
+        d = json.loads(_verified_path().read_text())
+        return {k: v for k, v in d.items() if isinstance(k, str) and isinstance(v, str)}
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
+def _remember(known: dict[str, str], learned: dict[str, str]) -> None:
+    """Add ``learned`` to the record (the newest REMEMBER_FILES identities); a record that cannot be written
+    only costs the next load a re-read."""
+    import tempfile
+
+    merged = {k: v for k, v in known.items() if k not in learned} | learned
+    path = _verified_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".verified-")
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(dict(list(merged.items())[-REMEMBER_FILES:]), f, indent=1)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError:
+        pass
 
 
 def _relative(root: Path, rel, where: str) -> PurePosixPath:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import operator
 import weakref
 from dataclasses import dataclass
 
@@ -88,7 +89,12 @@ def write_cache_in_place(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
     ``gm`` is not modified; the copy shares its weights.
     """
     new = copy_graph_module(gm)
-    graph = new.graph
+    _write_in_place(new.graph)
+    new.recompile()
+    return new
+
+
+def _write_in_place(graph: torch.fx.Graph) -> None:
     for x in [n for n in graph.nodes if n.op == "placeholder"]:
         if len(x.users) != 1:
             continue
@@ -104,8 +110,6 @@ def write_cache_in_place(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
                 graph.call_function(torch.ops.aten.copy_.default, (view, src))
             write.replace_all_uses_with(x)
             graph.erase_node(write)
-    new.recompile()
-    return new
 
 
 def _slice_scatter_args(node: torch.fx.Node):
@@ -115,16 +119,62 @@ def _slice_scatter_args(node: torch.fx.Node):
     return given["src"], given.get("dim", 0), given.get("start"), given.get("end"), given.get("step", 1)
 
 
+def _call_ops_directly(graph: torch.fx.Graph) -> None:
+    """Call ``graph``'s custom ops as their Python bodies and drop torch.export's metadata assertions, for a
+    graph that runs on the CPU.
+
+    Through the dispatcher each custom-op call is wrapped in ``torch._dynamo.disable``: the first call
+    imports torch._dynamo (a second or more of a command's start) and every call pays for the wrapper;
+    the op's body (:func:`lcc.ops.registry.cpu_body`) is the same computation.  An op with a CPU kernel
+    of its own keeps its dispatch.  ``aten._assert_tensor_metadata`` nodes check that the tensors the
+    graph converts have the dtype and device they had at capture: the runtime passes exactly those
+    (its own cache and token ids), so they only cost a call each per step.
+    """
+    from lcc.ops.registry import cpu_body
+
+    for node in list(graph.nodes):
+        if node.op != "call_function":
+            continue
+        if node.target is torch.ops.aten._assert_tensor_metadata.default and not node.users:
+            graph.erase_node(node)
+        elif isinstance(node.target, torch._ops.OpOverload):
+            body = cpu_body(node.target)
+            if body is not None:
+                node.target = body
+
+
 _OWNED: "weakref.WeakKeyDictionary[torch.fx.GraphModule, torch.fx.GraphModule]" = weakref.WeakKeyDictionary()
 
 
-def _owning(entry):
-    """The entry the runtime calls: for an FX graph, its in-place-cache copy (made once per graph)."""
+def owned_entry(entry, device="cpu"):
+    """The entry the runtime calls for ``entry`` (made once per graph and kept while ``entry`` lives): for an
+    FX graph, its copy that writes the cache in place (:func:`write_cache_in_place`) and, on the CPU, calls
+    the ops directly (:func:`_call_ops_directly`); any other callable as it is."""
     if not isinstance(entry, torch.fx.GraphModule):
         return entry
     owned = _OWNED.get(entry)
     if owned is None:
-        owned = _OWNED[entry] = write_cache_in_place(entry)
+        graph = copy.deepcopy(entry.graph)
+        _write_in_place(graph)
+        if torch.device(device).type == "cpu":
+            _call_ops_directly(graph)
+        # one GraphModule, generating its code once (copy_graph_module + recompile generated it twice: a
+        # third of a second per entry), its weights as flat attributes: ``self.model.layers[0]...weight``
+        # would be six nn.Module.__getattr__ calls per weight and step
+        attrs = {}
+        for node in graph.nodes:
+            if node.op == "get_attr":
+                value = operator.attrgetter(node.target)(entry)
+                node.target = f"w{len(attrs)}_{node.target.replace('.', '_')}"
+                attrs[node.target] = value
+            elif node.op == "call_module":  # torch.export's _guards_fn of a captured program
+                attrs[node.target] = operator.attrgetter(node.target)(entry)
+        owned = torch.fx.GraphModule(attrs, graph, class_name=type(entry).__name__)
+        for attr in ("_in_spec", "_out_spec"):  # as copy_graph_module keeps them
+            if hasattr(entry, attr):
+                setattr(owned, attr, getattr(entry, attr))
+        owned.meta.update(getattr(entry, "meta", {}))
+        _OWNED[entry] = owned
     return owned
 
 
@@ -153,7 +203,8 @@ def generate_ids(program: Program, prompt_ids: torch.Tensor, max_new_tokens: int
     ``program`` is anything with ``entries`` (a Program or a loaded artifact); ``cache_layout``
     defaults to ``program.cache``.
     """
-    prefill, decode = _owning(program.entries["prefill"]), _owning(program.entries["decode"])
+    dev = device_of(program)
+    prefill, decode = owned_entry(program.entries["prefill"], dev), owned_entry(program.entries["decode"], dev)
     layout = cache_layout or program.cache
     n = prompt_ids.shape[1]
     ring = layout.ring is not None  # StreamingLLM's cache: constant size, no end
@@ -162,7 +213,6 @@ def generate_ids(program: Program, prompt_ids: torch.Tensor, max_new_tokens: int
 
         raise UsageError(f"prompt ({n} tokens) + new tokens ({max_new_tokens}) exceed the cache capacity "
                          f"{layout.capacity}: compile with a larger --target-len or ask for fewer tokens")
-    dev = device_of(program)
     if n == 1:  # prefill is captured for S >= 2; one token is a decode step at position 0 on an empty cache
         logits, *cache = decode(prompt_ids.to(dev), torch.tensor(0, device=dev), *empty_cache(layout, dev))
     else:

@@ -11,8 +11,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA the script runs the benchmark")
-def test_attention_benchmark_skips_cleanly_without_cuda():
-    r = subprocess.run([sys.executable, "bench/attention.py"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+@pytest.mark.parametrize("script", ["bench/attention.py", "bench/kv_decode.py"])
+def test_attention_benchmark_skips_cleanly_without_cuda(script):
+    r = subprocess.run([sys.executable, script], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert r.stdout == "skipped: no CUDA\n"
     assert "Traceback" not in r.stderr

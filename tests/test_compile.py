@@ -102,6 +102,32 @@ def test_a_failed_compile_leaves_nothing_behind(tmp_path, tiny, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_lowered_artifact_whose_logits_moved_fails_its_check(tmp_path, tiny, monkeypatch):
+    """The lowered check reads the check stage's logits of the same passes, and the program it was lowered
+    from only where those disagree: a lowering that moves every logit by 0.01 is caught either way."""
+    import lcc.backends.torch_export as te
+
+    load = te.BACKEND.load
+
+    def shift(entry):
+        def run(*args):
+            logits, *rest = entry(*args)
+            return (logits + 0.01, *rest)
+        return run
+
+    def shifted(*a, **k):
+        runnable = load(*a, **k)
+        runnable.entries = {name: shift(entry) for name, entry in runnable.entries.items()}
+        return runnable
+
+    loaded = tiny("llama")
+    good = compile_model(loaded, 128, "torch", [parse_pass("flash")], tmp_path / "a").report["lowered"]
+    assert good["ok"] and good["max_abs"] <= good["limit"] < 0.01
+    monkeypatch.setattr(te.BACKEND, "load", shifted)
+    bad = compile_model(loaded, 128, "torch", [parse_pass("flash")], tmp_path / "b").report["lowered"]
+    assert not bad["ok"] and bad["max_abs"] == pytest.approx(0.01, abs=good["limit"])
+
+
 def test_cli_compile_then_run(tmp_path):
     def lcc(*args):
         return subprocess.run([sys.executable, "-m", "lcc", *args], capture_output=True, text=True, timeout=600)

@@ -133,3 +133,124 @@ def test_cpu_attention_reads_only_the_filled_keys(algo, mask):
     got = torch.ops.lcc.attention(q, k, v, torch.tensor(kv_len), 0.25, mask, algo)
     want = attention_reference(q, k[:, :, :kv_len], v[:, :, :kv_len], None, 0.25, mask)  # only the filled keys
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_the_runtime_calls_cpu_ops_as_their_bodies_and_gives_the_dispatched_graphs_logits(tiny_artifact):
+    from lcc.backends.torch_export import BACKEND
+    from lcc.capture.program import CacheLayout
+    from lcc.artifact import load
+    from lcc.runtime import owned_entry
+
+    loaded = BACKEND.load(tiny_artifact)
+    layout = CacheLayout.from_dict(load(tiny_artifact).cache)
+    decode = loaded.entries["decode"]
+    owned = owned_entry(decode)
+    assert owned_entry(decode) is owned  # made once per graph
+    lcc_ops = [n for n in decode.graph.nodes if str(n.target).startswith("lcc.")]
+    assert lcc_ops  # the loaded graph dispatches torch.ops.lcc.attention / rope
+    targets = [n.target for n in owned.graph.nodes if n.op == "call_function"]
+    assert not [t for t in targets if isinstance(t, torch._ops.OpOverload) and t.namespace == "lcc"]
+    assert torch.ops.aten._assert_tensor_metadata.default not in targets
+    prompt = torch.randint(0, 256, (1, 5), generator=torch.Generator().manual_seed(6))
+    with torch.inference_mode():
+        logits, *cache = loaded.entries["prefill"](prompt, *layout.empty())
+        owned_cache = [t.clone() for t in cache]
+        for step in range(4):
+            token, position = logits[:, -1].argmax(-1).view(1, 1), torch.tensor(5 + step)
+            logits, *cache = decode(token, position, *cache)  # through the dispatcher
+            got, *owned_cache = owned(token, position, *owned_cache)
+            assert torch.equal(got, logits) and all(torch.equal(g, w) for g, w in zip(owned_cache, cache))
+
+
+def test_lcc_run_of_an_artifact_imports_neither_the_compiler_nor_dynamo_nor_transformers(tiny_artifact):
+    """What `lcc run ARTIFACT` prints is the tokenizer's decoding of the greedy steps of the functional graphs
+    (transformers' tokenizer as the oracle), and the command never imports what it does not need."""
+    import subprocess
+    import sys
+
+    from transformers import AutoTokenizer
+
+    from lcc.backends.torch_export import BACKEND
+    from lcc.capture.program import CacheLayout
+    from lcc.artifact import load
+
+    script = ("import sys\nfrom lcc.cli import main\nrc = main(sys.argv[1:])\n"
+              "heavy = ('torch._dynamo', 'transformers', 'lcc.cost', 'lcc.compile', 'lcc.passes')\n"
+              "print('IMPORTED', [m for m in heavy if m in sys.modules])\nsys.exit(rc)\n")
+    prompt = "hello world"
+    r = subprocess.run([sys.executable, "-c", script, "run", str(tiny_artifact), "--prompt", prompt,
+                        "--max-new-tokens", "6"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    text, imported = r.stdout.rsplit("IMPORTED ", 1)
+    assert imported.strip() == "[]"
+    tok = AutoTokenizer.from_pretrained(tiny_artifact)
+    loaded, layout = BACKEND.load(tiny_artifact), CacheLayout.from_dict(load(tiny_artifact).cache)
+    ids = tok(prompt, return_tensors="pt")["input_ids"]
+    want = []
+    with torch.inference_mode():
+        logits, *cache = loaded.entries["prefill"](ids, *layout.empty())
+        for step in range(6):
+            want.append(int(logits[0, -1].argmax()))
+            if want[-1] == tok.eos_token_id:
+                break
+            logits, *cache = loaded.entries["decode"](torch.tensor([[want[-1]]]), torch.tensor(ids.shape[1] + step),
+                                                      *cache)
+    assert text == tok.decode(want, skip_special_tokens=True) + "\n"
+
+
+def test_the_plain_tokenizer_encodes_and_decodes_as_transformers(tiny_artifact, tmp_path):
+    import json
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from lcc.artifact import PlainTokenizer, load_tokenizer
+
+    tok, want = load_tokenizer(tiny_artifact), AutoTokenizer.from_pretrained(tiny_artifact)
+    assert isinstance(tok, PlainTokenizer) and tok.eos_token_id == want.eos_token_id is not None
+    for text in ("hello world", "  two  spaces\nand a line", f"a {want.eos_token} special {want.bos_token} x"):
+        ids = want(text)["input_ids"]
+        assert tok.encode(text) == ids
+        assert tok.decode(ids) == want.decode(ids, skip_special_tokens=True)
+    # a setting tokenizer.json does not carry: transformers' tokenizer applies it
+    other = tmp_path / "a"
+    other.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tiny_artifact / name, other / name)
+    config = json.loads((other / "tokenizer_config.json").read_text())
+    (other / "tokenizer_config.json").write_text(json.dumps({**config, "add_eos_token": True}))
+    tok, want = load_tokenizer(other), AutoTokenizer.from_pretrained(other)
+    assert not isinstance(tok, PlainTokenizer) and tok.encode("hello") == want("hello")["input_ids"]
+    assert load_tokenizer(tmp_path) is None  # no tokenizer.json
+
+
+def test_verify_remembers_a_large_files_hash_by_identity_and_rereads_a_changed_file(tiny_artifact, tmp_path,
+                                                                                   monkeypatch):
+    import shutil
+    import time
+
+    from lcc import integrity
+    from lcc.errors import UsageError
+
+    monkeypatch.setenv("LCC_CACHE", str(tmp_path / "cache"))
+    art = tmp_path / "art"
+    shutil.copytree(tiny_artifact, art)
+    hashed = []
+    real = integrity.sha256
+    monkeypatch.setattr(integrity, "sha256", lambda p: hashed.append(p.name) or real(p))
+    weights = art / "weights.safetensors"
+    monkeypatch.setattr(integrity, "REMEMBER_BYTES", weights.stat().st_size)  # the weights only
+    integrity.verify(art)  # just written: not remembered (a write in the same clock tick would keep its identity)
+    integrity.verify(art)
+    assert hashed.count("weights.safetensors") == 2
+    monkeypatch.setattr(integrity, "SETTLE_NS", 0)
+    integrity.verify(art)
+    hashed.clear()
+    integrity.verify(art)
+    assert "weights.safetensors" not in hashed and "lcc.json" in hashed  # small files are always read
+    time.sleep(0.05)  # past the file-system clock's tick
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1  # same size, one bit
+    weights.write_bytes(bytes(data))
+    with pytest.raises(UsageError, match="weights.safetensors does not match its SHA-256"):
+        integrity.verify(art)

@@ -59,6 +59,20 @@ def backend_dtypes(backend) -> tuple[str, ...]:
     return tuple(getattr(_resolve(backend), "dtypes", ("float32",)))
 
 
+def default_dtype(backend, target: str) -> str:
+    """``--dtype`` when none is given: float32 on a CPU target; on a GPU target the backend's own choice where it
+    states one (ONNX: float16, what onnxruntime's CUDA GroupQueryAttention runs), else bfloat16 where the backend
+    emits it (no deployment runs an LLM in fp32 on a GPU), else float32."""
+    from lcc.target import parse_target
+
+    backend = _resolve(backend)
+    if not parse_target(target).is_cuda:
+        return "float32"
+    if hasattr(backend, "default_dtype"):
+        return backend.default_dtype(target)
+    return "bfloat16" if "bfloat16" in backend_dtypes(backend) else "float32"
+
+
 def check_dtype(backend, dtype: str) -> None:
     """Usage error unless ``backend`` (a backend object, or its registered name) can emit ``dtype``.
 

@@ -25,6 +25,7 @@ import torch
 from lcc.backends import DTYPES, Lowered, check_dtype, check_program_dtype
 from lcc.errors import UsageError
 from lcc.graph import ATTENTION, ROPE, get_arg, lcc_nodes
+from lcc.models.support import check_config, rotary_tables
 from lcc.ops.masks import MaskSpec
 from lcc.passes import parse_pass
 
@@ -88,6 +89,11 @@ def source_config(program) -> tuple[dict, dict | None]:
 def rope_config(program, spec, source: dict) -> tuple[dict, int]:
     """``(rope_parameters, max_position_embeddings)`` for the rope-scaling pass ``spec`` (None: the model's own)."""
     target, rope = program.cache.capacity, dict(source.get("rope_parameters") or {})
+    if rope and all(isinstance(v, dict) for v in rope.values()):  # one entry per layer type (Gemma 3)
+        if spec is not None:
+            raise _refuse(spec, "on a model with per-layer-type rope_parameters (transformers keeps one entry per "
+                                "layer type; lcc does not write them yet)")
+        return rope, target
     if spec is None:
         if rope.get("rope_type") == "dynamic":  # its lengths are measured against max_position_embeddings
             return rope, source["max_position_embeddings"]
@@ -172,16 +178,23 @@ def build_config(program, passes: dict, dtype: str):
     model_type = fields.pop("model_type")
     try:
         config = AutoConfig.for_model(model_type, **fields)
-        read_as = config.rope_parameters.get("rope_type", "default")
-    except (KeyError, ValueError, TypeError) as e:
+        read_as = _rope_types(config.rope_parameters)
+    except (KeyError, ValueError, TypeError, AttributeError) as e:
         read_as = f"an error ({str(e).splitlines()[0][:120]})"
-    if read_as != rope.get("rope_type", "default"):
+    if read_as != _rope_types(rope):
         why = f"for {model_type} (transformers reads rope_type {rope.get('rope_type')!r} as {read_as})"
         if "rope-scaling" in passes:
             raise _refuse(passes["rope-scaling"], why)
         raise UsageError(f"the hf backend cannot write the model's own RoPE {why}")
     generation = GenerationConfig.from_dict(generation) if generation else GenerationConfig.from_model_config(config)
     return config, generation
+
+
+def _rope_types(rope: dict):
+    """The rope_type of flat ``rope_parameters``, or ``{layer type: rope_type}`` of per-layer-type ones."""
+    if rope and all(isinstance(v, dict) for v in rope.values()):
+        return {k: v.get("rope_type", "default") for k, v in rope.items()}
+    return rope.get("rope_type", "default")
 
 
 def _tensor(gm: torch.nn.Module, target: str) -> torch.Tensor:
@@ -195,15 +208,15 @@ def check_rope(config, model, program) -> None:
     rotary = next((m for name, m in model.named_modules() if name.endswith("rotary_emb")), None)
     if rotary is None:
         raise RuntimeError(f"{type(model).__name__} has no rotary_emb module: the hf backend cannot check its RoPE")
-    hf = type(rotary)(config)
+    tables = list(rotary_tables(type(rotary)(config)).values())  # one, or one per layer type (Gemma 3)
     gm = entry_graph(program)
-    node = lcc_nodes(gm, ROPE)[0]
-    want = _tensor(gm, get_arg(node, "inv_freq").target)
-    scaling = float(get_arg(node, "attention_scaling"))
-    if not (torch.allclose(hf.inv_freq.float(), want.float(), rtol=1e-6, atol=0)
-            and abs(float(hf.attention_scaling) - scaling) <= 1e-6 * abs(scaling)):
-        raise RuntimeError(f"transformers reads rope_parameters {config.rope_parameters} as other frequencies than "
-                           f"the program's: the hf backend's RoPE mapping is wrong")
+    for node in lcc_nodes(gm, ROPE):  # every rope node's frequencies are one of transformers' tables
+        want = _tensor(gm, get_arg(node, "inv_freq").target)
+        scaling = float(get_arg(node, "attention_scaling"))
+        if not any(torch.allclose(inv.float(), want.float(), rtol=1e-6, atol=0)
+                   and abs(float(att) - scaling) <= 1e-6 * abs(scaling) for inv, att in tables):
+            raise RuntimeError(f"transformers reads rope_parameters {config.rope_parameters} as other frequencies "
+                               f"than the program's: the hf backend's RoPE mapping is wrong")
 
 
 # ---- the weights -------------------------------------------------------------------------------
@@ -335,8 +348,6 @@ class HFBackend:
         """The directory loaded by transformers: its config (no remote code) and safetensors weights only."""
         from transformers import AutoConfig, AutoModelForCausalLM
 
-        from lcc.models.spec import MODEL_TYPE_TO_FAMILY
-
         out_dir = Path(out_dir)
         missing = [f for f in (CONFIG, WEIGHTS) if not (out_dir / f).is_file()]
         if missing:
@@ -346,8 +357,7 @@ class HFBackend:
         except Exception as e:  # noqa: BLE001  (transformers raises many types on a bad config)
             raise UsageError(f"{out_dir / CONFIG} is not a transformers config ({str(e).splitlines()[0][:120]}); "
                              "recompile the artifact")
-        if config.model_type not in MODEL_TYPE_TO_FAMILY:
-            raise UsageError(f"{out_dir / CONFIG}: model_type {config.model_type!r} is not a family lcc exports")
+        check_config(config, str(out_dir / CONFIG))  # the capability rule capture uses, not a list of families
         try:
             model = AutoModelForCausalLM.from_pretrained(out_dir, config=config, dtype=config.dtype,
                                                          use_safetensors=True, local_files_only=True,

@@ -45,22 +45,40 @@ def _check_expr(text: str) -> str | None:
     return None
 
 
-def _problems(obj, key=None):
-    """Yield a reason for each part of the JSON tree that could name or run code."""
-    if isinstance(obj, dict):
-        if "target" in obj and "inputs" in obj and isinstance(obj["target"], str):
-            target = obj["target"]
-            if not (_OP_TARGET.fullmatch(target) or target in PLAIN_TARGETS):
-                yield f"node target {target[:80]!r} is not an op lcc emits"
-        for k, v in obj.items():
-            yield from _problems(v, k)
-    elif isinstance(obj, list):
-        for v in obj:
-            yield from _problems(v, key)
-    elif isinstance(obj, str) and key == "expr_str":
-        why = _check_expr(obj)
-        if why:
-            yield why
+class _Checker:
+    """Finds, while ``json.loads`` builds the tree, the first part of it that could name or run code.
+
+    Called on each JSON object as it is decoded (``object_hook``), so the walk costs one call per object rather
+    than a Python generator per value of a multi-megabyte graph: a node (an object with ``target`` and
+    ``inputs``) must name an allowed target, and every string under an ``expr_str`` key (directly or in lists)
+    must be plain shape arithmetic.
+    """
+
+    def __init__(self):
+        self.problem: str | None = None
+
+    def __call__(self, obj: dict) -> dict:
+        if self.problem is None:
+            target = obj.get("target")
+            if isinstance(target, str) and "inputs" in obj and not (
+                    _OP_TARGET.fullmatch(target) or target in PLAIN_TARGETS):
+                self.problem = f"node target {target[:80]!r} is not an op lcc emits"
+            elif "expr_str" in obj:
+                self.problem = _first_bad_expr(obj["expr_str"])
+        return obj
+
+
+def _first_bad_expr(value) -> str | None:
+    """Why the first string of ``value`` (a string, or lists of them; objects are checked on their own) is not
+    plain shape arithmetic, or None."""
+    if isinstance(value, str):
+        return _check_expr(value)
+    if isinstance(value, list):
+        for v in value:
+            why = _first_bad_expr(v)
+            if why:
+                return why
+    return None
 
 
 def check_graph_json(data: bytes, where: str) -> bytes:
@@ -71,8 +89,9 @@ def check_graph_json(data: bytes, where: str) -> bytes:
 
 def load_graph_json(data: bytes, where: str) -> dict:
     """The parsed JSON tree of ``data`` when it is a safe exported-program JSON; a usage error otherwise."""
+    checker = _Checker()
     try:
-        tree = json.loads(data)
+        tree = json.loads(data, object_hook=checker)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise UsageError(f"{where} is not JSON ({e}); recompile the artifact")
     if not isinstance(tree, dict) or "graph_module" not in tree:
@@ -83,6 +102,6 @@ def load_graph_json(data: bytes, where: str) -> dict:
         why = _check_expr(key)
         if why:
             raise UsageError(f"{where}: {why}; refusing to load it")
-    for why in _problems(tree):
-        raise UsageError(f"{where}: {why}; refusing to load it")
+    if checker.problem:
+        raise UsageError(f"{where}: {checker.problem}; refusing to load it")
     return tree

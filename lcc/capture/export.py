@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.export import Dim
 
-from lcc.capture.hooks import CacheState, lcc_hooks
+from lcc.capture.hooks import CacheState, check_layers, lcc_hooks
 from lcc.capture.program import CacheLayout, Program
 from lcc.models.loader import LoadedModel
 
@@ -29,6 +29,7 @@ class _Prefill(nn.Module):
             out = self.model(input_ids=input_ids, position_ids=positions, use_cache=False,
                              logits_to_keep=1 if self.logits == "last" else 0,
                              output_hidden_states=self.hidden)
+        check_layers(state, self.layers)
         flat = [t for i in range(self.layers) for t in (state.k_out[i], state.v_out[i])]
         if self.hidden:
             return (out.logits, torch.stack(out.hidden_states), *flat)
@@ -45,6 +46,7 @@ class _Decode(nn.Module):
         positions = position.reshape(1, 1).expand(input_ids.shape[0], 1)
         with lcc_hooks(self.model, state):
             out = self.model(input_ids=input_ids, position_ids=positions, use_cache=False)
+        check_layers(state, self.layers)
         flat = [t for i in range(self.layers) for t in (state.k_out[i], state.v_out[i])]
         return (out.logits, *flat)
 

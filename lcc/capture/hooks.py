@@ -11,13 +11,14 @@ inverse frequencies as data that RoPE passes can rewrite.
 from __future__ import annotations
 
 import contextlib
-import sys
 import threading
 from dataclasses import dataclass, field
 
 import torch
 
 import lcc.ops  # noqa: F401  (registers torch.ops.lcc.*)
+from lcc.errors import UsageError
+from lcc.models.support import modeling_modules, rotary_modules, rotary_tables
 
 ATTN_IMPL = "lcc"
 _state = threading.local()
@@ -43,8 +44,11 @@ def _current() -> CacheState:
 
 
 def lcc_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
-                          sliding_window=None, **kwargs):
-    """AttentionInterface entry: write K/V into the explicit cache, then one ``lcc.attention``."""
+                          sliding_window=None, softcap=None, **kwargs):
+    """AttentionInterface entry: write K/V into the explicit cache, then one ``lcc.attention``.
+
+    The layer's own sliding window, scaling (Gemma's ``query_pre_attn_scalar``, Granite's multiplier)
+    and attention-logit soft-capping (Gemma 2) become the op's arguments."""
     state = _current()
     layer = module.layer_idx
     k_cache, v_cache = state.k_in[layer], state.v_in[layer]
@@ -62,7 +66,9 @@ def lcc_attention_forward(module, query, key, value, attention_mask, scaling=Non
         kv_len = state.position + 1
     mask = f"sliding:window={int(sliding_window)},sinks=0" if sliding_window else "causal"
     scale = float(scaling if scaling is not None else query.shape[-1] ** -0.5)
-    out = torch.ops.lcc.attention(query, k_att.to(query.dtype), v_att.to(query.dtype), kv_len, scale, mask, "auto")
+    cap = float(softcap or 0.0)
+    out = torch.ops.lcc.attention(query, k_att.to(query.dtype), v_att.to(query.dtype), kv_len, scale, mask, "auto",
+                                  cap)
     return out.transpose(1, 2).contiguous(), None
 
 
@@ -79,16 +85,6 @@ def lcc_apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1, **kwargs):
     return q, k
 
 
-def _rotary_modules(model):
-    return [m for m in model.modules() if hasattr(m, "inv_freq") and hasattr(m, "attention_scaling")]
-
-
-def _modeling_modules(model):
-    names = {type(m).__module__ for m in model.modules()}
-    return [sys.modules[n] for n in names if n.startswith("transformers.models.")
-            and hasattr(sys.modules[n], "apply_rotary_pos_emb")]
-
-
 def _register_interface() -> None:
     from transformers import AttentionInterface
 
@@ -98,18 +94,42 @@ def _register_interface() -> None:
 LENGTH_DEPENDENT_ROPE = ("dynamic", "longrope")
 
 
-def _rope_setting(model, rotary):
-    """(inv_freq, attention_scaling, variant) that reproduce ``rotary``'s cos/sin for any positions."""
-    params = getattr(model.config, "rope_parameters", None) or {}
-    if params.get("rope_type", "default") not in LENGTH_DEPENDENT_ROPE:
-        return rotary.inv_freq, float(rotary.attention_scaling), ""
-    from lcc.ops.rope_scaling import METHODS, from_rope_parameters
-    from lcc.models.spec import spec_from_model
+def _rope_setting(model, layer_type, inv_freq, attention_scaling):
+    """(inv_freq, attention_scaling, variant) that reproduce a rotary table's cos/sin for any positions.
 
-    method, factor, original, extra = from_rope_parameters(params, model.config.max_position_embeddings)
-    rot = spec_from_model(model, "").rotary
+    ``layer_type`` picks the table's ``rope_parameters`` when they are kept per layer type (Gemma 3)."""
+    config = model.config
+    params = dict(getattr(config, "rope_parameters", None) or {})
+    if layer_type is not None and isinstance(params.get(layer_type), dict):
+        params = params[layer_type]
+    if params.get("rope_type", "default") not in LENGTH_DEPENDENT_ROPE:
+        return inv_freq, float(attention_scaling), ""
+    from lcc.models.spec import spec_from_model
+    from lcc.ops.rope_scaling import METHODS, from_rope_parameters
+
+    method, factor, original, extra = from_rope_parameters(params, config.max_position_embeddings)
+    spec = spec_from_model(model, "")
+    layer = list(getattr(config, "layer_types", None) or []).index(layer_type) if layer_type is not None else 0
+    rot = spec.rotary_of(layer)
     setting = METHODS[method].setting(rot.theta, rot.rotary_dim, factor, original, **extra)
     return setting.inv_freq, float(setting.attention_scaling), setting.variant
+
+
+def _rotary_forward(settings: dict):
+    """A rotary module's stand-in forward: ``(position_ids, rope setting of the layer type)`` for ``(cos, sin)``."""
+    def forward(x, position_ids, layer_type=None, *args, **kwargs):
+        return position_ids, settings[layer_type if layer_type in settings else None]
+
+    return forward
+
+
+def check_layers(state: CacheState, layers: int) -> None:
+    """Every decoder layer wrote its cache through the ``lcc`` attention; else a one-line refusal naming the first
+    that did not (its attention bypassed transformers' AttentionInterface, so capture cannot own its cache)."""
+    for layer in range(layers):
+        if layer not in state.k_out:
+            raise UsageError(f"layer {layer}: attention did not go through transformers' AttentionInterface, which "
+                             "lcc capture needs: this model is not supported")
 
 
 @contextlib.contextmanager
@@ -117,12 +137,11 @@ def lcc_hooks(model, state: CacheState):
     """Within this block, ``model`` runs its attention and rotary through lcc ops on ``state``'s cache."""
     _register_interface()
     saved_impl = model.config._attn_implementation
-    rotaries = _rotary_modules(model)
-    modules = _modeling_modules(model)
+    rotaries = rotary_modules(model)
+    modules = modeling_modules(model)
     saved_apply = [m.apply_rotary_pos_emb for m in modules]
     for r in rotaries:
-        rope = _rope_setting(model, r)
-        r.forward = (lambda rope: lambda x, position_ids, *a, **kw: (position_ids, rope))(rope)
+        r.forward = _rotary_forward({t: _rope_setting(model, t, *table) for t, table in rotary_tables(r).items()})
     for m in modules:
         m.apply_rotary_pos_emb = lcc_apply_rotary_pos_emb
     model.config._attn_implementation = ATTN_IMPL

@@ -91,9 +91,30 @@ class EntryCost:
         return (total, dict(ops)) if by_op else total
 
 
-def _symbolic_shapes(gm: torch.fx.GraphModule, capacity: int | None) -> dict:
-    """node name -> tuple of sympy dims: the seq SymInt renamed L, the cache capacity C on cache values."""
+def capacity_dims(capacity: int | None, layout=None) -> dict[int, sympy.Expr]:
+    """The sizes a cache tensor's dim 2 takes at ``capacity``, each with its formula in ``C``: the capacity
+    itself and, for a quantized layout, its per-group statistics' ``ceil(capacity / group)``; none for a ring
+    (sink) cache, whose size is fixed.  Else the priced memory moved with the capacity the program was captured
+    at: kv-quant's statistics stayed concrete, and a ring as long as the capture's capacity grew with ``C``."""
+    if capacity is None or getattr(layout, "ring", None) is not None:
+        return {}
+    dims = {capacity: C}
+    quant = getattr(layout, "quant", None)
+    if quant is not None:
+        for which in ("k", "v"):
+            for (_, at_c, _), (_, at_n, _) in zip(quant.part_specs(which, 1, 1, C, layout.head_dim),
+                                                  quant.part_specs(which, 1, 1, capacity, layout.head_dim)):
+                expr = sympy.sympify(at_c[2])
+                if expr.has(C) and int(at_n[2]) not in dims:
+                    dims[int(at_n[2])] = expr
+    return dims
+
+
+def _symbolic_shapes(gm: torch.fx.GraphModule, capacity: int | None, layout=None) -> dict:
+    """node name -> tuple of sympy dims: the seq SymInt renamed L, the cache capacity C (or a formula in C,
+    :func:`capacity_dims`) on dim 2 of cache values."""
     rename, shapes, cached = {}, {}, set()
+    grows = capacity_dims(capacity, layout)
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     for n in placeholders:
         val = n.meta.get("val")
@@ -103,25 +124,31 @@ def _symbolic_shapes(gm: torch.fx.GraphModule, capacity: int | None) -> dict:
                     rename.update({s: L for s in d.node.expr.free_symbols})
     for i, n in enumerate(placeholders):
         val = n.meta.get("val")
-        if i > 0 and isinstance(val, torch.Tensor) and val.dim() >= 3 and val.shape[2] == capacity:
+        if i > 0 and isinstance(val, torch.Tensor) and val.dim() >= 3 and _grown(val.shape[2], grows):
             cached.add(n.name)
     for n in gm.graph.nodes:
         val = n.meta.get("val")
         if n.op == "call_function" and isinstance(val, (list, tuple)) and \
                 any(a.name in cached for a in n.all_input_nodes):
             cached.add(n.name)  # a multi-output op on the cache: its getitems decide per tensor
-        if n.op == "call_function" and is_tensor_node(n) and val.dim() >= 3 and capacity is not None \
-                and val.shape[2] == capacity and any(a.name in cached for a in n.all_input_nodes):
+        if n.op == "call_function" and is_tensor_node(n) and val.dim() >= 3 and _grown(val.shape[2], grows) \
+                and any(a.name in cached for a in n.all_input_nodes):
             cached.add(n.name)
         if isinstance(val, torch.Tensor):
             dims = [dim_expr(d, rename) for d in val.shape]
             if n.name in cached:
-                dims[2] = C
+                dims[2] = grows[int(val.shape[2])]
             shapes[n.name] = tuple(dims)
         elif isinstance(val, (list, tuple)) and val and all(isinstance(v, torch.Tensor) for v in val):
-            shapes[n.name] = [tuple(C if (n.name in cached and i == 2 and v.dim() >= 3 and d == capacity)
+            grown = n.name in cached
+            shapes[n.name] = [tuple(grows[int(d)] if (grown and i == 2 and v.dim() >= 3 and _grown(d, grows))
                                     else dim_expr(d, rename) for i, d in enumerate(v.shape)) for v in val]
     return shapes
+
+
+def _grown(d, grows: dict) -> bool:
+    """A concrete dim whose size is one :func:`capacity_dims` lists (a symbolic one never is)."""
+    return not isinstance(d, torch.SymInt) and int(d) in grows
 
 
 def _weights(gm: torch.fx.GraphModule) -> dict[int, int]:
@@ -143,7 +170,7 @@ def entry_cost(gm: torch.fx.GraphModule, entry: str, capacity: int | None, devic
         from lcc.cost.meta import with_values
 
         gm = with_values(gm, layout)
-    ctx = Ctx(shapes=_symbolic_shapes(gm, capacity), device=device, prefill=entry.startswith("prefill"))
+    ctx = Ctx(shapes=_symbolic_shapes(gm, capacity, layout), device=device, prefill=entry.startswith("prefill"))
     nodes = list(gm.graph.nodes)
     index = {n.name: i for i, n in enumerate(nodes)}
     costs: list[NodeCost] = []

@@ -1,4 +1,5 @@
-"""Hardware profiles: peak FLOP/s per dtype (matrix units and vector units), memory bandwidth and size.
+"""Hardware profiles: peak FLOP/s per dtype (matrix units and vector units), memory bandwidth and size,
+and the link between devices (bandwidth per direction, latency per message) that prices collectives.
 
 Built-in profiles are TOML files in ``lcc/cost/profiles`` with their datasheet sources;
 ``cpu`` (and ``gpu`` for the CUDA device present) are measured by :func:`lcc.cost.calibrate`
@@ -42,6 +43,11 @@ class Profile:
     vector: dict[str, float] = field(default_factory=dict)
     source: str = ""
     measured: dict = field(default_factory=dict)
+    # the link to the other devices of a context-parallel group: name, bytes/s per direction, seconds per message
+    # (0: not listed; lcc.cost.comm then assumes PCIe for a GPU and the loopback default for the CPU)
+    link: str = ""
+    link_bandwidth: float = 0.0
+    link_latency: float = 0.0
 
     def peak_flops(self, unit: str, dtype: str) -> float:
         table = self.matmul if unit == "matmul" else self.vector
@@ -51,17 +57,20 @@ class Profile:
     def to_dict(self) -> dict:
         return {"name": self.name, "kind": self.kind, "description": self.description,
                 "memory_bytes": self.memory_bytes, "bandwidth": self.bandwidth, "matmul": dict(self.matmul),
-                "vector": dict(self.vector), "source": self.source, "measured": dict(self.measured)}
+                "vector": dict(self.vector), "source": self.source, "measured": dict(self.measured),
+                "link": self.link, "link_bandwidth": self.link_bandwidth, "link_latency": self.link_latency}
 
 
 def parse_profile(text: str, name: str) -> Profile:
     d = tomllib.loads(text)
+    link = d.get("link", {})
     try:
         return Profile(name=d.get("name", name), kind=d["kind"], description=d.get("description", ""),
                        memory_bytes=int(d["memory_bytes"]), bandwidth=float(d["bandwidth"]),
                        matmul={k: float(v) for k, v in d["matmul"].items()},
                        vector={k: float(v) for k, v in d["vector"].items()}, source=d.get("source", ""),
-                       measured=d.get("measured", {}))
+                       measured=d.get("measured", {}), link=link.get("name", ""),
+                       link_bandwidth=float(link.get("bandwidth", 0.0)), link_latency=float(link.get("latency", 0.0)))
     except KeyError as e:
         raise UsageError(f"profile {name}: missing field {e}; see lcc/cost/profiles/h100.toml for the format")
 
@@ -75,6 +84,9 @@ def to_toml(p: Profile, comment: str = "") -> str:
         for k, v in getattr(p, table).items():
             lines.append(f'{k} = "{v}"' if isinstance(v, str) else f"{k} = {v:.6g}" if isinstance(v, float)
                          else f"{k} = {v}")
+    if p.link_bandwidth:
+        lines += ["\n[link]", f'name = "{p.link}"', f"bandwidth = {p.link_bandwidth:.6g}",
+                  f"latency = {p.link_latency:.6g}"]
     return "\n".join(lines) + "\n"
 
 

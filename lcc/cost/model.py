@@ -158,7 +158,7 @@ class ProgramCost:
         for algo in algos:
             best = 0.0
             for node in nodes:
-                q, k, v, _, _, mask, _ = full_args(node)
+                q, k, v, _, _, mask = full_args(node)[:6]
                 (B, Hq, _, D), Hkv, Dv = q.meta["val"].shape, k.meta["val"].shape[1], v.meta["val"].shape[-1]
                 ws = working_set(int(B), int(Hq), int(Hkv), length, length, int(D), int(Dv), mask, algo,
                                  self.device, q.meta["val"].dtype.itemsize)

@@ -12,6 +12,7 @@ elementwise and reported as unpriced.  Ops with an unusual signature add a rule 
 from __future__ import annotations
 
 import inspect
+from functools import lru_cache
 
 import sympy
 
@@ -26,6 +27,12 @@ def _schema_args(node) -> dict:
     return named_args(node)
 
 
+@lru_cache(maxsize=1024, typed=True)
+def _same(a: sympy.Expr, b: sympy.Expr) -> bool:
+    """``a == b`` as formulas (sympy's simplify: slow, so asked once per pair)."""
+    return sympy.simplify(a - b) == 0
+
+
 def attention_rule(node, ctx: Ctx) -> NodeCost:
     a = _schema_args(node)
     q, k, v = a["q"], a["k"], a["v"]
@@ -33,7 +40,7 @@ def attention_rule(node, ctx: Ctx) -> NodeCost:
     _, Hkv, Sk, _ = ctx.shape(k)
     Dv = ctx.shape(v)[-1]
     dtype = str(ctx.dtype(node)).removeprefix("torch.")
-    self_attention = a["kv_len"] is None and sympy.simplify(Sq - Sk) == 0
+    self_attention = a["kv_len"] is None and _same(Sq, Sk)
     kernels, work = attention_node_cost(B, Hq, Hkv, Sq, ctx.keys(node, Sk), D, Dv, a["mask"], a["algo"],
                                         ctx.device, ctx.itemsize(q), dtype, self_attention)
     return NodeCost(node.name, "", kernels=kernels, out_bytes=ctx.nbytes(node), work=work,
@@ -90,11 +97,30 @@ def generic_rule(node, ctx: Ctx) -> NodeCost:
             cost = elementwise(node, ctx)
             cost.note = f"unpriced: cannot bind {p.name!r} of {name}'s cost"
             return cost
-    flops, moved, held = opdef.cost(**kwargs)
+    flops, moved, held = _declared_cost(opdef.cost, kwargs)
     dtype = str(ctx.dtype(node)).removeprefix("torch.")
     unit = "matmul" if "attention" in name else "vector"
-    return NodeCost(node.name, "", kernels=(Kernel(sympy.sympify(flops), sympy.sympify(moved), unit, dtype),),
-                    out_bytes=ctx.nbytes(node), work=sympy.sympify(held))
+    return NodeCost(node.name, "", kernels=(Kernel(flops, moved, unit, dtype),), out_bytes=ctx.nbytes(node),
+                    work=held)
+
+
+_DECLARED: dict = {}  # (cost function, its arguments) -> (flops, moved, held) as sympy expressions
+
+
+def _declared_cost(cost, kwargs: dict) -> tuple:
+    """``cost(**kwargs)`` as sympy expressions, memoised when the arguments are hashable (shapes, strings):
+    every layer of every candidate the planner prices binds the same few."""
+    try:
+        key = (cost, tuple((k, type(v), v) for k, v in sorted(kwargs.items())))  # typed: 2 and Integer(2) differ
+        hash(key)
+    except TypeError:
+        key = None
+    if key is None or key not in _DECLARED:
+        value = tuple(sympy.sympify(x) for x in cost(**kwargs))
+        if key is None:
+            return value
+        _DECLARED[key] = value
+    return _DECLARED[key]
 
 
 def install() -> None:

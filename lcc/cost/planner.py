@@ -116,13 +116,16 @@ def _program(loaded_or_program) -> Program:
 
 # (id(base program), passes, device kind) -> ProgramCost or an error line; entries die with the program
 _COSTS: dict[tuple, object] = {}
+# (id(base program), passes) -> the program after them: [X, Y] runs only Y on [X]'s (its ProgramCost holds it)
+_REWRITTEN: dict[tuple, Program] = {}
 _WATCHED: set[int] = set()
 
 
 def _forget(pid: int) -> None:
     _WATCHED.discard(pid)
-    for key in [k for k in _COSTS if k[0] == pid]:
-        del _COSTS[key]
+    for memo in (_COSTS, _REWRITTEN):
+        for key in [k for k in memo if k[0] == pid]:
+            del memo[key]
 
 
 def rewritten_cost(program: Program, passes: list[str], kind: str):
@@ -135,7 +138,9 @@ def rewritten_cost(program: Program, passes: list[str], kind: str):
             weakref.finalize(program, _forget, id(program))
             _WATCHED.add(id(program))
         try:
-            _COSTS[key] = program_cost(apply_passes(program, passes), kind)
+            done = _REWRITTEN.get((id(program), tuple(passes[:-1]))) if len(passes) > 1 else None
+            rewritten = _REWRITTEN[(id(program), tuple(passes))] = apply_passes(program, passes, done=done)
+            _COSTS[key] = program_cost(rewritten, kind)
         except Exception as e:  # a pass's preconditions refused this program: keep the reason
             _COSTS[key] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]
     return _COSTS[key]
@@ -176,7 +181,7 @@ def price(program: Program, passes: list[str], target_len: int, profile: Profile
 
     specs = [parse_pass(p) for p in passes]
     cand = Candidate(list(passes), positions=any("positions" in s.definition.slots for s in specs),
-                     exact=all(s.exact_for(target_len) for s in specs))
+                     exact=all(s.exact_for(target_len, program.spec.trained_len) for s in specs))
     pc = rewritten_cost(program, passes, profile.kind)
     if isinstance(pc, str):
         cand.error = pc

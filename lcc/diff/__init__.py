@@ -11,7 +11,7 @@ hidden state diverges past the tolerance.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 import torch
@@ -64,6 +64,13 @@ class StageReport:
 class Outputs:
     logits: torch.Tensor  # [S, V]
     hidden: torch.Tensor  # [L+1, S, H]
+    _logp: torch.Tensor | None = field(default=None, repr=False, compare=False)
+
+    def log_probs(self) -> torch.Tensor:
+        """Next-token log-probabilities in fp64 (kept: the oracle's are compared with every stage)."""
+        if self._logp is None:
+            self._logp = torch.log_softmax(self.logits.double(), -1)
+        return self._logp
 
 
 @dataclass
@@ -84,8 +91,7 @@ def compare(ref: Outputs, out: Outputs, name: str, exact: bool, prev: Outputs | 
     d = (out.logits - ref.logits).abs()
     max_abs = float(d.max())
     rel = max_abs / max(float(ref.logits.abs().max()), 1e-30)
-    logp_ref = torch.log_softmax(ref.logits.double(), -1)
-    logp = torch.log_softmax(out.logits.double(), -1)
+    logp_ref, logp = ref.log_probs(), out.log_probs()
     p_ref, p = logp_ref.exp(), logp.exp()
     cosine = float(torch.nn.functional.cosine_similarity(p_ref, p, dim=-1).mean())
     kl = float((p_ref * (logp_ref - logp)).sum(-1).mean().clamp_min(0))
@@ -146,13 +152,36 @@ def fp32_oracle(loaded: LoadedModel, ids: torch.Tensor, ref: Outputs | None = No
 
 @torch.inference_mode()
 def program_outputs(program: Program, ids: torch.Tensor) -> Outputs:
-    logits, hidden, *_ = program.entries["prefill_full"](ids, *program.cache.empty())
+    if any(str(p).startswith("context-parallel") for p in program.passes):  # runs in its N ranks (rank 0's outputs)
+        from lcc.distributed.launch import run_entry
+
+        logits, hidden = run_entry(program, "prefill_full", ids)
+    else:
+        logits, hidden, *_ = program.entries["prefill_full"](ids, *program.cache.empty())
     return Outputs(logits[0].float(), hidden[:, 0].float())
+
+
+@dataclass
+class Checked:
+    """What :func:`check_stages` ran: a report per stage, and the last stage's outputs on ``ids``."""
+
+    reports: list[StageReport]
+    ids: torch.Tensor
+    last: Outputs
 
 
 def diff(loaded: LoadedModel, passes=(), length: int = 128,
          progress: Callable[[str], None] | None = None, backend: str | None = None) -> list[StageReport]:
     """HF eager, the captured and canonical programs, each pass stage and (``backend``) the lowered one."""
+    return check_stages(loaded, passes, length, progress, backend).reports
+
+
+def check_stages(loaded: LoadedModel, passes=(), length: int = 128, progress: Callable[[str], None] | None = None,
+                 backend: str | None = None, captured: Program | None = None,
+                 canonical: Program | None = None) -> Checked:
+    """:func:`diff`'s stages, with the last stage's outputs.  ``captured`` and ``canonical``: the programs of
+    those two stages, already made from ``loaded`` (``lcc compile`` captures once for its planner and this
+    check), each with a ``prefill_full`` entry of capacity >= ``length``; else they are made here."""
     from lcc.data import sample_ids
 
     if backend is not None:
@@ -168,10 +197,10 @@ def diff(loaded: LoadedModel, passes=(), length: int = 128,
     fp32 = fp32_oracle(loaded, ids, ref)
     reports = [compare(ref, ref, "hf-eager", True)]
     step("capture")
-    program = capture(loaded, capacity=length, entries=("prefill_full",))
+    program = captured if captured is not None else capture(loaded, capacity=length, entries=("prefill_full",))
     reports.append(compare(ref, program_outputs(program, ids), "captured", True, fp32=fp32))
     step("canonicalize")
-    program = canonicalize(program)
+    program = canonical if canonical is not None else canonicalize(program)
     last = [program_outputs(program, ids)]
     reports.append(compare(ref, last[0], "canonical", True, fp32=fp32))
 
@@ -179,7 +208,7 @@ def diff(loaded: LoadedModel, passes=(), length: int = 128,
         spec = specs[len(p.passes) - 1]
         step(p.stage)
         out = program_outputs(p, ids)
-        reports.append(compare(ref, out, p.stage, spec.exact_for(length), prev=last[0], fp32=fp32))
+        reports.append(compare(ref, out, p.stage, spec.exact_for(length, p.spec.trained_len), prev=last[0], fp32=fp32))
         last[0] = out
 
     program = apply_passes(program, specs, on_stage=on_stage)
@@ -189,4 +218,4 @@ def diff(loaded: LoadedModel, passes=(), length: int = 128,
         step(f"lower {backend}")
         out = Outputs(*lowered_outputs(backend, program, ids))
         reports.append(compare(ref, out, f"lowered:{backend}", True, prev=last[0], fp32=fp32))
-    return reports
+    return Checked(reports, ids, last[0])

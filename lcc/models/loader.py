@@ -24,7 +24,8 @@ from lcc.dtypes import DTYPES, parse_dtype  # noqa: F401  (DTYPES: re-exported b
 from lcc.errors import UsageError
 from lcc.models.hashing import weights_hash as files_hash
 from lcc.models.hub import is_hub_id, snapshot_path
-from lcc.models.spec import FAMILIES, MODEL_TYPE_TO_FAMILY, ModelSpec, spec_from_model
+from lcc.models.spec import FAMILIES, ModelSpec, spec_from_model
+from lcc.models.support import check_config, check_model
 
 DEFAULT_MODEL = "smollm2-135m"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -65,12 +66,6 @@ def presets() -> list[str]:
     return [DEFAULT_MODEL] + [f"tiny-{f}" for f in FAMILIES]
 
 
-def _check_family(config) -> None:
-    if config.model_type not in MODEL_TYPE_TO_FAMILY:
-        raise UsageError(
-            f"model family {config.model_type!r} is not supported; supported: {', '.join(FAMILIES)}")
-
-
 def _check_shapes(config, where: str) -> None:
     """The config's sizes are positive integers that fit together (the model would crash or be wrong otherwise)."""
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
@@ -106,9 +101,9 @@ def _hash_state(model) -> str:
 
 def _finish(model, tokenizer, model_id: str, weights_hash: str, source: str, dtype: str = "float32",
             weights: bool = True) -> LoadedModel:
-    """Check the family, cast the parameters to ``dtype`` (buffers such as ``inv_freq`` stay as HF builds
-    them, fp32), and describe the model."""
-    _check_family(model.config)
+    """Check that capture can take the model over, cast the parameters to ``dtype`` (buffers such as
+    ``inv_freq`` stay as HF builds them, fp32), and describe the model."""
+    check_model(model, source if source != "preset" else model_id)
     target = torch_dtype(dtype)
     if any(p.dtype != target for p in model.parameters()):
         for p in model.parameters():
@@ -143,7 +138,7 @@ def load_config(path: Path):
     except Exception as e:  # noqa: BLE001  (transformers' validators raise ValueError, TypeError and their own types)
         cause = e.__cause__ or e
         raise UsageError(f"{path}/config.json is not a valid HF config ({_first_line(cause)}): fix or re-export it")
-    _check_family(config)
+    check_config(config, str(path))
     _check_shapes(config, f"{path}/config.json")
     return config
 
@@ -207,17 +202,22 @@ def load_gguf(file: Path, model_id: str | None = None, dtype: str = "float32", w
         arch = bytes(reader.fields["general.architecture"].parts[-1]).decode()
     except Exception as e:
         raise UsageError(f"{file} is not a readable GGUF file ({_first_line(e)}): give a valid .gguf file")
-    if arch not in ("llama", "mistral", "qwen2", "qwen3", "phi3", "gptneox"):
-        raise UsageError(f"GGUF architecture {arch!r} is not supported; supported families: {', '.join(FAMILIES)}")
+    mapped = gguf_architectures()
+    if _gguf_model_type(arch) not in mapped:
+        raise UsageError(f"GGUF architecture {arch!r} is not supported: transformers' GGUF loader maps "
+                         f"{', '.join(mapped)}")
     try:
         config = AutoConfig.from_pretrained(file.parent, gguf_file=file.name)
     except (ValueError, OSError, KeyError) as e:
         raise UsageError(f"{file} could not be loaded as a GGUF model ({_first_line(e)})")
-    theta = (getattr(config, "rope_parameters", None) or {}).get("rope_theta", 10000.0)
+    check_config(config, str(file))
+    rope = dict(getattr(config, "rope_parameters", None) or {})
+    per_type = "full_attention" in rope and isinstance(rope["full_attention"], dict)
+    theta = (rope["full_attention"] if per_type else rope).get("rope_theta", 10000.0)
     scaling = rope_parameters_from_gguf(reader, arch, theta, str(file))
     if scaling is not None:  # transformers' GGUF loader drops these keys: the module is built with them
-        config.rope_parameters = scaling
-    _check_family(config)
+        # per layer type (Gemma 3), the scaling belongs to the global layers, as in its HF configs
+        config.rope_parameters = {**rope, "full_attention": scaling} if per_type else scaling
     _check_shapes(config, str(file))
     if not weights:
         model, tokenizer = _build_weights_free(config, dtype), None
@@ -238,6 +238,19 @@ def load_gguf(file: Path, model_id: str | None = None, dtype: str = "float32", w
         model.is_quantized = False
     return _finish(model, tokenizer, model_id or str(file), files_hash([file], compute=weights) or "", str(file),
                    dtype, weights)
+
+
+def gguf_architectures() -> list[str]:
+    """The GGUF ``general.architecture`` values transformers' GGUF loader maps to a config, sorted."""
+    from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
+
+    return sorted(a for a in GGUF_SUPPORTED_ARCHITECTURES if a not in ("general", "tokenizer"))
+
+
+def _gguf_model_type(arch: str) -> str:
+    """``arch`` under the name transformers' GGUF loader maps it by (it renames qwen2moe, gpt-oss, ...)."""
+    renamed = {"qwen2moe": "qwen2_moe", "qwen3moe": "qwen3_moe", "gpt-oss": "gpt_oss", "minimax-m2": "minimax_m2"}
+    return renamed.get(arch, arch)
 
 
 def smollm2_gguf_path() -> Path:

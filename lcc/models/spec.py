@@ -6,7 +6,9 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-# lcc family name -> transformers model_type
+# lcc family name -> transformers model_type, for the families with a ``tiny-<family>`` preset (the regression
+# suite).  Any other model_type whose attention and rotary embedding capture recognises is accepted too
+# (:func:`lcc.models.support.check_capturable`), under its model_type as family.
 FAMILIES = {
     "llama": "llama",
     "mistral": "mistral",
@@ -14,12 +16,23 @@ FAMILIES = {
     "qwen3": "qwen3",
     "phi3": "phi3",
     "gpt-neox": "gpt_neox",
+    "gemma2": "gemma2",
+    "gemma3": "gemma3_text",
+    "olmo2": "olmo2",
+    "granite": "granite",
 }
 MODEL_TYPE_TO_FAMILY = {v: k for k, v in FAMILIES.items()}
 
 
+def family_of(model_type: str) -> str:
+    """The lcc family name of a transformers ``model_type`` (the model_type itself outside :data:`FAMILIES`)."""
+    return MODEL_TYPE_TO_FAMILY.get(model_type, model_type)
+
+
 @dataclass(frozen=True)
 class RotarySpec:
+    """One layer's RoPE: base, rotated channels, and the scaling its checkpoint ships (``{}``: plain)."""
+
     theta: float
     rotary_dim: int
     scaling: dict = field(default_factory=dict)
@@ -38,10 +51,22 @@ class ModelSpec:
     hidden: int
     vocab: int
     attention: tuple[str, ...]  # per layer: "full" or "sliding:W"
-    rotary: RotarySpec
-    trained_len: int
+    rotary: RotarySpec  # the full-attention layers' (every layer's when they all share one)
+    trained_len: int  # the config's max_position_embeddings: what the model was trained or extended to
     dtype: str
     params: int
+    rotary_layers: tuple[RotarySpec, ...] = ()  # per layer where they differ (Gemma 3); () when all are ``rotary``
+
+    def rotary_of(self, layer: int) -> RotarySpec:
+        """Layer ``layer``'s rotary spec."""
+        return self.rotary_layers[layer] if self.rotary_layers else self.rotary
+
+    def rotary_kinds(self) -> dict[str, RotarySpec]:
+        """``{layer kind: rotary spec}`` per attention kind ("full", "sliding:W"), in layer order."""
+        out: dict[str, RotarySpec] = {}
+        for i, kind in enumerate(self.attention):
+            out.setdefault(kind, self.rotary_of(i))
+        return out
 
     def kv_bytes_per_token(self, dtype: torch.dtype | None = None) -> int:
         """K and V of every layer for one token, at the cache dtype (the model's by default)."""
@@ -55,6 +80,8 @@ class ModelSpec:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["attention"] = list(self.attention)
+        del d["rotary_layers"]  # shown per layer kind: a layer's kind says which
+        d["rotary_by_kind"] = {kind: asdict(r) for kind, r in self.rotary_kinds().items()}
         d["kv_bytes_per_token"] = self.kv_bytes_per_token()
         d["kv_bytes_at_trained_len"] = self.kv_bytes_per_token() * self.trained_len
         return d
@@ -71,31 +98,44 @@ def _layer_attention(config) -> tuple[str, ...]:
     return tuple("full" for _ in range(n))
 
 
+def layer_rope_parameters(config) -> list[dict]:
+    """Each layer's transformers ``rope_parameters`` (Gemma 3 keys them by layer type: local and global)."""
+    rope = dict(getattr(config, "rope_parameters", None) or {})
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is not None and rope and all(isinstance(v, dict) for v in rope.values()):
+        return [dict(rope[t]) for t in layer_types]
+    return [rope] * config.num_hidden_layers
+
+
+def _rotary_spec(config, rope: dict, head_dim: int) -> RotarySpec:
+    partial = rope.get("partial_rotary_factor", getattr(config, "partial_rotary_factor", 1.0)) or 1.0
+    scaling = {k: v for k, v in rope.items() if k not in ("rope_theta", "partial_rotary_factor")}
+    if scaling.get("rope_type", "default") == "default":
+        scaling = {}
+    return RotarySpec(float(rope.get("rope_theta", 10000.0)), int(head_dim * partial), scaling)
+
+
 def spec_from_model(model, model_id: str) -> ModelSpec:
     config = model.config
-    family = MODEL_TYPE_TO_FAMILY[config.model_type]
     heads = config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    rope = dict(getattr(config, "rope_parameters", None) or {})
-    partial = rope.get("partial_rotary_factor", getattr(config, "partial_rotary_factor", 1.0)) or 1.0
-    rotary_dim = int(head_dim * partial)
-    scaling = {k: v for k, v in rope.items() if k not in ("rope_theta", "partial_rotary_factor")}
-    if scaling.get("rope_type") == "default":
-        scaling = {}
-    original = rope.get("original_max_position_embeddings")
-    trained = int(original or config.max_position_embeddings)
+    attention = _layer_attention(config)
+    per_layer = tuple(_rotary_spec(config, rope, head_dim) for rope in layer_rope_parameters(config))
+    full = [r for kind, r in zip(attention, per_layer) if kind == "full"]
+    uniform = len(set(map(repr, per_layer))) <= 1
     return ModelSpec(
         model_id=model_id,
-        family=family,
+        family=family_of(config.model_type),
         layers=config.num_hidden_layers,
         heads=heads,
         kv_heads=getattr(config, "num_key_value_heads", None) or heads,
         head_dim=head_dim,
         hidden=config.hidden_size,
         vocab=config.vocab_size,
-        attention=_layer_attention(config),
-        rotary=RotarySpec(float(rope.get("rope_theta", 10000.0)), rotary_dim, scaling),
-        trained_len=trained,
+        attention=attention,
+        rotary=(full or list(per_layer))[0],
+        trained_len=int(config.max_position_embeddings),
         dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
         params=sum(p.numel() for p in model.parameters()),
+        rotary_layers=() if uniform else per_layer,
     )

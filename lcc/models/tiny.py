@@ -3,7 +3,8 @@
 Built from transformers' own config classes, so the modeling code under test is the
 real one.  Sizes are chosen to exercise what matters: GQA (4 query heads, 2 KV
 heads), sliding windows shorter than test sequences, qkv bias, q/k norm, partial
-rotary.  A byte-level tokenizer is built in process (no download).
+rotary; Gemma 2 / 3's local and global layers with their own windows and RoPE bases, soft-capping
+and query scaling; Granite's multipliers.  A byte-level tokenizer is built in process (no download).
 """
 
 from __future__ import annotations
@@ -35,6 +36,20 @@ def tiny_config(family: str):
     if family == "gpt-neox":
         c = {k: v for k, v in _COMMON.items() if k not in ("num_key_value_heads", "intermediate_size")}
         return T.GPTNeoXConfig(**c, intermediate_size=128, rotary_pct=0.25)
+    if family == "gemma2":  # local / global layers, both soft-caps, query_pre_attn_scalar != head_dim, tied output
+        return T.Gemma2Config(**{**_COMMON, "tie_word_embeddings": True}, head_dim=16, sliding_window=16,
+                              query_pre_attn_scalar=24, attn_logit_softcapping=2.0, final_logit_softcapping=3.0)
+    if family == "gemma3":  # 2 local : 1 global, local base 10k, global base 1M with linear x8, q/k norms
+        return T.Gemma3TextConfig(
+            **{**_COMMON, "num_hidden_layers": 3, "tie_word_embeddings": True}, head_dim=16, sliding_window=16,
+            query_pre_attn_scalar=24, layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+            rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                             "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1000000.0}})
+    if family == "olmo2":  # q/k norms over all heads, post-norms
+        return T.Olmo2Config(**_COMMON)
+    if family == "granite":  # embedding, attention, residual and logits multipliers
+        return T.GraniteConfig(**_COMMON, embedding_multiplier=3.0, attention_multiplier=0.2,
+                               residual_multiplier=0.5, logits_scaling=4.0)
     raise KeyError(family)
 
 

@@ -33,8 +33,16 @@ def _positions(kv_len, B, Sq, Sk, device):
     return q_pos, n
 
 
-def _attend_rows(q, k, v, q_pos, n_valid, scale, mask_mod, kv_idx=None, grouped=False):
-    """Plain softmax(q k^T * scale + mask) v for a block of query rows, in fp32.
+def softcap_scores(scores, softcap: float):
+    """Gemma 2's attention-logit soft-capping, in place: ``tanh(s / cap) * cap`` on the scaled scores, before
+    the mask (transformers' ``eager_attention_forward`` of gemma2, same order); ``softcap`` 0: unchanged."""
+    if softcap:
+        scores.div_(softcap).tanh_().mul_(softcap)
+    return scores
+
+
+def _attend_rows(q, k, v, q_pos, n_valid, scale, mask_mod, kv_idx=None, grouped=False, softcap=0.0):
+    """Plain softmax(softcap(q k^T * scale) + mask) v for a block of query rows, in fp32.
 
     ``kv_idx`` gives the absolute positions of the keys passed (all of them by default).  By
     default each query head multiplies its own broadcast copy of its key/value head (the GEMM
@@ -50,11 +58,13 @@ def _attend_rows(q, k, v, q_pos, n_valid, scale, mask_mod, kv_idx=None, grouped=
     if grouped:
         qg = q.float().reshape(B, Hkv, G * Sq, D)
         scores = torch.matmul(qg, k.float().transpose(-1, -2)).mul_(scale).view(B, Hkv, G, Sq, Sk)
+        softcap_scores(scores, softcap)
         probs = masked_softmax(scores, q_pos, n_valid, mask_mod, kv_idx)
         out = torch.matmul(probs.view(B, Hkv, G * Sq, Sk), v.float())  # [B,Hkv,G*Sq,Dv]
         return out.view(B, Hq, Sq, v.shape[-1])
     qg = q.float().reshape(B, Hkv, G, Sq, D)
     scores = torch.matmul(qg, k.float()[:, :, None].transpose(-1, -2)).mul_(scale)  # [B,Hkv,G,Sq,Sk]
+    softcap_scores(scores, softcap)
     return masked_softmax_v(scores, q_pos, n_valid, mask_mod, kv_idx, v)
 
 
@@ -82,12 +92,14 @@ def row_chunk(B: int, Hq: int, Sq: int, Sk: int, skip_keys: bool = True) -> int:
     return min(chunk, max(16, -(-Sq // 8)), 1024) if skip_keys else chunk
 
 
-def attention_reference(q, k, v, kv_len=None, scale=None, mask="causal"):
-    """The oracle: the whole score matrix at once, computed in fp32, cast to q's dtype."""
+def attention_reference(q, k, v, kv_len=None, scale=None, mask="causal", softcap=0.0):
+    """The oracle: the whole score matrix at once, computed in fp32, cast to q's dtype.
+
+    ``softcap`` > 0 caps the scaled scores at +-softcap (``tanh(s / softcap) * softcap``) before the mask."""
     B, Hq, Sq, D = q.shape
     scale = D**-0.5 if scale is None else scale
     q_pos, n = _positions(kv_len, B, Sq, k.shape[2], q.device)
-    out = _attend_rows(q, k, v, q_pos, n, scale, MaskSpec.parse(mask).mask_mod())
+    out = _attend_rows(q, k, v, q_pos, n, scale, MaskSpec.parse(mask).mask_mod(), softcap=softcap)
     return out.to(q.dtype)
 
 
@@ -100,7 +112,7 @@ def gather_keys(k, v, ranges):
     return k.index_select(2, idx), v.index_select(2, idx), idx
 
 
-def attention_chunked(q, k, v, kv_len=None, scale=None, mask="causal", chunk=0, skip_keys=True):
+def attention_chunked(q, k, v, kv_len=None, scale=None, mask="causal", chunk=0, skip_keys=True, softcap=0.0):
     """Lazy softmax over query chunks (Rabe & Staats 2021): memory O(chunk * Sk), same math per row.
 
     With ``skip_keys`` each chunk reads only the key intervals its mask can see
@@ -130,19 +142,26 @@ def attention_chunked(q, k, v, kv_len=None, scale=None, mask="causal", chunk=0, 
             out[:, :, s:e] = 0
             continue
         ks, vs, idx = gather_keys(k, v, ranges)
-        rows = _attend_rows(q[:, :, s:e], ks, vs, qp, n, scale, mask_mod, idx, grouped=skip_keys)
+        rows = _attend_rows(q[:, :, s:e], ks, vs, qp, n, scale, mask_mod, idx, grouped=skip_keys, softcap=softcap)
         out[:, :, s:e] = rows.to(q.dtype)
     return out
 
 
-def attention_flash_cpu(q, k, v, kv_len=None, scale=None, mask="causal"):
+def attention_flash_cpu(q, k, v, kv_len=None, scale=None, mask="causal", softcap=0.0):
     """IO-aware attention on the CPU: PyTorch's fused SDPA kernel (tiled online softmax) for causal
-    prefill, the key-skipping chunked path for everything else."""
-    if mask == "causal" and kv_len is None and q.shape[2] == k.shape[2]:
-        out = torch.nn.functional.scaled_dot_product_attention(
-            q, k.to(q.dtype), v.to(q.dtype), is_causal=True, scale=scale, enable_gqa=q.shape[1] != k.shape[1])
-        return out
-    return attention_chunked(q, k, v, kv_len, scale, mask)
+    prefill without soft-capping (SDPA has none), the key-skipping chunked path for everything else."""
+    gqa = q.shape[1] != k.shape[1]
+    if mask == "causal" and kv_len is None and q.shape[2] == k.shape[2] and not softcap:
+        return torch.nn.functional.scaled_dot_product_attention(
+            q, k.to(q.dtype), v.to(q.dtype), is_causal=True, scale=scale, enable_gqa=gqa)
+    if mask == "causal" and q.shape[2] == 1 and kv_len is not None and kv_len.numel() == 1 and not softcap:
+        # decode: the one query (the last position) sees exactly the filled keys [0, kv_len): one unmasked fused
+        # call on that slice, where the chunked path runs a dozen small ops per layer and step
+        n = min(int(kv_len), k.shape[2])
+        if n > 0:
+            return torch.nn.functional.scaled_dot_product_attention(
+                q, k[:, :, :n].to(q.dtype), v[:, :, :n].to(q.dtype), scale=scale, enable_gqa=gqa)
+    return attention_chunked(q, k, v, kv_len, scale, mask, softcap=softcap)
 
 
 def parse_algo(algo: str) -> tuple[str, dict[str, int]]:
@@ -164,15 +183,25 @@ def attention(
     scale: float,
     mask: str = "causal",
     algo: str = "auto",
+    softcap: float = 0.0,
 ) -> torch.Tensor:
+    if torch.compiler.is_compiling():
+        # traced as a decomposition (a backend exporting this body for a node it cannot lower): the reference,
+        # whose arithmetic has no data-dependent sizes (the chunked paths read kv_len and loop over rows)
+        return attention_reference(q, k, v, kv_len, scale, mask, softcap)
     name, args = parse_algo(algo)
     call = (q, k, v, kv_len, scale, mask)
     impl = registry.select("attention", name, q.device.type, *call) or registry.select("attention", "chunked", "*")
+    if softcap:
+        # a kernel Impl a backend registered is not known to pass the soft-cap on: this module's implementation
+        if impl.source != __name__:
+            impl = registry.select("attention", name, "*", *call) or registry.select("attention", "chunked", "*")
+        args["softcap"] = softcap
     return impl.fn(*call, **args)
 
 
 @attention.register_fake
-def _(q, k, v, kv_len, scale, mask="causal", algo="auto"):
+def _(q, k, v, kv_len, scale, mask="causal", algo="auto", softcap=0.0):
     torch._check(q.shape[1] % k.shape[1] == 0)
     return q.new_empty(q.shape[0], q.shape[1], q.shape[2], v.shape[3])
 
@@ -195,23 +224,26 @@ registry.declare(registry.OpDef(
     op=torch.ops.lcc.attention.default,
     reference=attention_reference,
     cost=attention_cost,
-    doc="softmax(q k^T * scale, mask) v; GQA native; queries aligned to the end of the keys",
+    doc="softmax(softcap(q k^T * scale), mask) v; GQA native; queries aligned to the end of the keys; "
+        "softcap > 0: tanh(s / softcap) * softcap (Gemma 2)",
 ))
 
 
-def _auto(q, k, v, kv_len, scale, mask, **_):
+def _auto(q, k, v, kv_len, scale, mask, softcap=0.0, **_):
     """Eager-identical arithmetic (the GEMM shapes of transformers' eager attention), memory bounded by row chunks."""
-    return attention_chunked(q, k, v, kv_len, scale, mask, skip_keys=False)
+    return attention_chunked(q, k, v, kv_len, scale, mask, skip_keys=False, softcap=softcap)
 
 
 # The pure-torch implementations, on any device; an unknown algo name runs "chunked". Kernels add theirs.
-for _impl in (registry.Impl("reference", "*", lambda q, k, v, kv_len, scale, mask, **_:
-                            attention_reference(q, k, v, kv_len, scale, mask), source=__name__),
+for _impl in (registry.Impl("reference", "*", lambda q, k, v, kv_len, scale, mask, softcap=0.0, **_:
+                            attention_reference(q, k, v, kv_len, scale, mask, softcap), source=__name__),
               registry.Impl("auto", "*", _auto, source=__name__),
-              registry.Impl("flash", "*", lambda q, k, v, kv_len, scale, mask, **_:
-                            attention_flash_cpu(q, k, v, kv_len, scale, mask), source=__name__),
-              registry.Impl("chunked", "*", lambda q, k, v, kv_len, scale, mask, chunk=0, **_:
-                            attention_chunked(q, k, v, kv_len, scale, mask, chunk=chunk), source=__name__)):
+              registry.Impl("flash", "*", lambda q, k, v, kv_len, scale, mask, softcap=0.0, **_:
+                            attention_flash_cpu(q, k, v, kv_len, scale, mask, softcap), source=__name__),
+              registry.Impl("chunked", "*", lambda q, k, v, kv_len, scale, mask, chunk=0, softcap=0.0, **_:
+                            attention_chunked(q, k, v, kv_len, scale, mask, chunk=chunk, softcap=softcap),
+                            source=__name__)):
     registry.register_impl("attention", _impl)
 
-__all__ = ["attention", "attention_reference", "attention_chunked", "parse_algo", "gather_keys", "CHUNK_BYTES", "attention_cost", "mask_pairs", "math"]
+__all__ = ["attention", "attention_reference", "attention_chunked", "parse_algo", "gather_keys", "CHUNK_BYTES",
+           "attention_cost", "softcap_scores", "mask_pairs", "math"]

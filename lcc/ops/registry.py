@@ -131,6 +131,26 @@ def reference_call(opdef: OpDef) -> Callable:
 
 def eager_body(opdef: OpDef) -> Callable | None:
     """The Python function behind the custom op (its eager CPU semantics), if torch exposes it."""
+    return _init_fn(opdef.op)
+
+
+def cpu_body(op) -> Callable | None:
+    """The Python function the custom op overload ``op`` runs on the CPU, when no CPU kernel of its own was
+    registered; None for any other op (an aten op, a custom op with a CPU kernel).
+
+    Calling it is the op's CPU semantics without the dispatcher's route to it, which wraps every call in
+    ``torch._dynamo.disable``: that imports torch._dynamo on the first call (a second or more) and adds
+    microseconds to each. The runtime calls CPU programs' lcc ops this way."""
+    import torch
+
+    body = _init_fn(op)
+    if body is None or torch._C._dispatch_has_kernel_for_dispatch_key(op._schema.name, "CPU"):
+        return None
+    return body
+
+
+def _init_fn(op) -> Callable | None:
     from torch._library import custom_ops
 
-    return getattr(custom_ops.OPDEFS.get(opdef.op._schema.name), "_init_fn", None)
+    schema = getattr(op, "_schema", None)
+    return getattr(custom_ops.OPDEFS.get(schema.name), "_init_fn", None) if schema is not None else None

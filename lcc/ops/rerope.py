@@ -22,9 +22,10 @@ Self-Extend's G; ``chunk_size`` is DCA's chunk size (the chunk length is chunk_s
 
 ``rerope_reference`` computes every branch's matrix in full (the oracle, ``algo="reference"``);
 the CPU default ``rerope_chunked`` scores each branch only over the keys some query of a
-chunk needs it for (about 3.5x faster than the reference at 4k for ReRoPE), which also serves
-decode (one query against the cache); on CUDA the fused Triton kernel
-(``lcc.backends.triton.rerope``) for the two-branch kinds.
+chunk needs it for, and for causal masks runs those key runs through PyTorch's fused flash
+kernel merged by log-sum-exp (1.0-1.6x plain flash attention's time at 4k and 16k, against
+3-6x for scoring every chunk pair by pair: bench/remap_cpu.py), which also serves decode (one
+query against the cache); on CUDA the fused Triton kernels (``lcc.backends.triton.rerope``).
 """
 
 from __future__ import annotations
@@ -98,6 +99,128 @@ def rerope_reference(q, k, v, positions=None, inv_freq=None, attention_scaling=1
     return out
 
 
+RUN_ROWS = 256  # queries per chunk of the causal path; at a window edge each scores ~RUN_ROWS keys under a mask
+
+
+def _flash_lse(q, k, v, scale, allowed=None, causal=False):
+    """softmax(q k^T * scale) v and each row's log-sum-exp [B, Hq, Sq], by PyTorch's fused CPU flash kernel
+    (the one ``scaled_dot_product_attention`` runs, called directly for its log-sum-exp), fp32.
+
+    GQA packs a KV head's query heads into rows, so K and V are read as they lie.  ``allowed``
+    [Sq, K] (bool) restricts the pairs; a row it leaves empty gets log-sum-exp -inf (the kernel
+    itself reports 0 there).  ``causal``: query r sees keys 0..r (a diagonal block, Sq == K; the
+    GQA heads then read copies of the block's keys, as packing would break the row order).  The
+    kernel wants one head size: the narrower of q.k and v is zero-padded (which changes no score
+    and no output channel).
+    """
+    B, Hq, Sq, D = q.shape
+    Hkv, Dv = k.shape[1], v.shape[3]
+    G = Hq // Hkv
+    q, k, v = q.float(), k.float(), v.float()
+    if D < Dv:
+        q, k = (torch.nn.functional.pad(t, (0, Dv - D)) for t in (q, k))
+    elif Dv < D:
+        v = torch.nn.functional.pad(v, (0, D - Dv))
+    if causal:
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            q, k.repeat_interleave(G, 1), v.repeat_interleave(G, 1), 0.0, True, scale=scale)
+        return out[..., :Dv], lse
+    bias = None
+    if allowed is not None:
+        bias = torch.zeros(allowed.shape, dtype=torch.float32).masked_fill_(~allowed, float("-inf")).repeat(G, 1)
+    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+        q.reshape(B, Hkv, G * Sq, q.shape[-1]), k, v, 0.0, False, attn_mask=bias, scale=scale)
+    lse = lse.reshape(B, Hq, Sq)
+    if allowed is not None:
+        lse = lse.masked_fill(~allowed.any(-1), float("-inf"))
+    return out[..., :Dv].reshape(B, Hq, Sq, Dv), lse
+
+
+def _merge(parts):
+    """One softmax over the union of the parts' keys from each part's (output, log-sum-exp)."""
+    outs, lses = zip(*parts)
+    lse = torch.stack(lses)
+    weight = (lse - lse.logsumexp(0)).exp().nan_to_num_(0.0)  # rows with no key at all: 0, as the reference
+    return sum(w[..., None] * o for w, o in zip(weight, outs))
+
+
+def _runs(kind, lo, hi, visible, window, chunk_size):
+    """Key intervals of queries lo..hi (causal) as (branch, start, end, diagonal): keys every query scores with
+    ``branch`` and sees all of; with ``diagonal``, the block [lo, hi] every query scores with ``branch`` under the
+    causal mask; branch None: mixed keys (a branch edge, or a diagonal two branches share), scored pair by pair."""
+    spans = [(max(0, a), min(e, hi + 1)) for a, e in remap.key_spans(kind, lo, hi, window, chunk_size)]
+    cuts = sorted({max(0, x) for x in (hi + 1, lo, *(x for span in spans for x in span)) if x <= hi + 1} | {0})
+    runs = []
+    for x, y in zip(cuts, cuts[1:]):
+        y = min(y, visible)
+        if x >= y:
+            continue
+        owners = [index for index, (a, e) in enumerate(spans) if a <= x and y <= e]
+        diagonal = len(owners) == 1 and (x, y) == (lo, hi + 1)
+        which = owners[0] if len(owners) == 1 and (y <= lo or diagonal) else None
+        if runs and runs[-1][0] == which and runs[-1][2] == x and not diagonal and not runs[-1][3]:
+            runs[-1] = (which, runs[-1][1], y, False)
+        else:
+            runs.append((which, x, y, diagonal))
+    return runs
+
+
+def _causal_runs(q, k, v, q_pos, n, inv_freq, attention_scaling, scale, window, leaky_factor, kind, group,
+                 chunk_size, rows_per_chunk):
+    """The causal path for queries at consecutive positions: fused flash calls merged by log-sum-exp.
+
+    Per sequence, each chunk of ``rows_per_chunk`` queries (DCA's cut at its chunk grid, so
+    each key chunk is one branch for the whole query chunk) splits its visible keys into runs
+    (:func:`_runs`): most keys belong to one branch and are visible to every query of the chunk,
+    so one unmasked flash call per run scores them in that branch's rotation, and the causal
+    diagonal is one causal call; only the keys at a branch edge (about rows_per_chunk per
+    query, ReRoPE and Self-Extend) are scored by each branch under a pair mask.  The work is
+    then that of causal flash attention plus the edge, and only the keys some query can see and
+    the query rotations some chunk uses are computed (each once, for the whole sequence: few,
+    large tensor ops, which matters where torch's threads wait on a busy machine).
+    """
+    B, Hq, Sq, _ = q.shape
+    Sk = k.shape[2]
+    out = q.new_zeros(B, Hq, Sq, v.shape[3])
+    grid = chunk_size - window if kind == "dca" else 0
+    for b in range(B):
+        first = int(q_pos[b, 0])
+        visible = min(Sk, int(n[b]), first + Sq)  # keys some query sees
+        if visible <= 0:
+            continue
+        qp, kp = q_pos[b:b + 1], torch.arange(visible)[None]
+        maps = remap.positions(kind, qp, kp, window, leaky_factor, group, chunk_size)
+        keys, slots = _rotated_keys(k[b:b + 1, :, :visible], [p for _, p in maps], inv_freq, attention_scaling)
+        vb = v[b:b + 1, :, :visible]
+        starts = set(range(0, Sq, rows_per_chunk))
+        if grid:
+            starts |= {p - first for p in range(-(-max(first, 1) // grid) * grid, first + Sq, grid)}
+        bounds = sorted(starts | {Sq})
+        rotated = {}
+
+        def queries(index, s, e):  # queries s..e-1 in branch ``index``'s rotation (all rotated when first needed)
+            if index not in rotated:
+                rotated[index] = rope_reference(q[b:b + 1], maps[index][0], inv_freq, attention_scaling)
+            return rotated[index][:, :, s:e]
+
+        for s, e in zip(bounds, bounds[1:]):
+            lo, hi = first + s, first + e - 1
+            parts = []
+            for which, x, y, diagonal in _runs(kind, lo, hi, visible, window, chunk_size):
+                if which is not None:
+                    key = keys[slots[which]][:, :, x:y]
+                    parts.append(_flash_lse(queries(which, s, e), key, vb[:, :, x:y], scale, causal=diagonal))
+                    continue
+                idx = torch.arange(x, y)
+                pair = remap.branch(kind, qp[0, s:e, None], idx, window, chunk_size)
+                seen = idx <= qp[0, s:e, None]
+                for index in sorted(set(pair[seen].tolist())):
+                    key = keys[slots[index]][:, :, x:y]
+                    parts.append(_flash_lse(queries(index, s, e), key, vb[:, :, x:y], scale, seen & (pair == index)))
+            out[b:b + 1, :, s:e] = _merge(parts).to(q.dtype)
+    return out
+
+
 def rerope_chunked(q, k, v, positions=None, inv_freq=None, attention_scaling=1.0, kv_len=None, scale=None,
                    window=512, leaky_factor=0.0, mask="causal", kind="rerope", group=1, chunk_size=0, chunk=0):
     """The same math over query chunks that compute only the scores they need (the CPU default).
@@ -110,13 +233,21 @@ def rerope_chunked(q, k, v, positions=None, inv_freq=None, attention_scaling=1.0
     the query chunk straddles a chunk boundary.  About one score matrix of work instead of the
     reference's two or three full ones.  Decode is one chunk of one query: the window's tail
     scored one way, the rest of the cache the other.
+
+    A causal mask over consecutive query positions (prefill, decode, chunked prefill) takes
+    :func:`_causal_runs` on the CPU: the same spans, scored by the fused flash kernel instead of
+    materialised fp32 score chunks selected and masked pair by pair (which cost 3-6x flash
+    attention and made a 16k table on smollm2 take hours); other masks and devices score pair by pair.
     """
     remap.check(kind, window, leaky_factor, group, chunk_size)
     B, Hq, Sq, D = q.shape
     Hkv, Sk, Dv = k.shape[1], k.shape[2], v.shape[3]
     scale = D**-0.5 if scale is None else scale
-    chunk = chunk if chunk > 0 else row_chunk(B, Hq, Sq, Sk)
     q_pos, n = query_positions(positions, kv_len, B, Sq, Sk, q.device)
+    if q.device.type == "cpu" and MaskSpec.parse(mask).kind == "causal" and bool((q_pos.diff(dim=1) == 1).all()):
+        return _causal_runs(q, k, v, q_pos, n, inv_freq, attention_scaling, scale, window, leaky_factor, kind, group,
+                            chunk_size, chunk or RUN_ROWS)
+    chunk = chunk if chunk > 0 else row_chunk(B, Hq, Sq, Sk)
     k_pos = torch.arange(Sk, device=q.device).expand(B, Sk)
     maps = remap.positions(kind, q_pos, k_pos, window, leaky_factor, group, chunk_size)
     keys, slots = _rotated_keys(k, [kp for _, kp in maps], inv_freq, attention_scaling)
@@ -238,24 +369,31 @@ def _(q, k, v, positions, inv_freq, attention_scaling, kv_len, scale, window, le
 
 
 EDGE = 128  # keys per query scored by more than one branch at a branch boundary: the kernels' BLOCK_M + BLOCK_N
+DCA_TILE = 64  # keys per tile of the DCA kernels (BLOCK_N): a tile across a chunk boundary makes three q.k products
 
 
 def rerope_attention_cost(B, Hq, Hkv, Sq, Sk, D, Dv, R, window, mask: str = "causal", itemsize: int = 4,
-                          kind: str = "rerope"):
-    """FLOPs, bytes moved and bytes held (sympy), for the kind's real work (the kernel or the CPU path).
+                          kind: str = "rerope", chunk_size: int = 0):
+    """FLOPs, bytes moved and bytes held (sympy), for the kind's real work (the kernels'; the CPU path's is close).
 
-    Each kept pair needs one q.k (2D, in its branch's form) and one p.v (2Dv).  Near a branch
-    boundary a block of queries scores a block of keys in two forms: about EDGE pairs per query
-    per boundary crossed (ReRoPE and Self-Extend: the window's edge, one; DCA: a query block that
-    straddles a chunk boundary pays two overlaps of a chunk, on average two).  Rotations: q
-    once per branch (two; DCA three), k once per distinct key map (two; DCA one, j mod n for
+    Each kept pair needs one q.k (2D, in its branch's form) and one p.v (2Dv).  ReRoPE and
+    Self-Extend: near the window's edge a block of queries scores a block of keys in both
+    forms, about EDGE pairs per query.  DCA: a key tile inside one chunk is one product (each
+    row's q rotation selected), a tile across a chunk boundary three, so a query at position p
+    pays 2 x DCA_TILE extra keys for each of the p // n chunk boundaries below it (n = chunk_size
+    - window; the CPU path cuts its query chunks at those boundaries and pays none).  Rotations:
+    q once per branch (two; DCA three), k once per distinct key map (two; DCA one, j mod n for
     all), 3 FLOPs per rotated channel plus cos and sin.  Traffic is an IO-aware kernel's: q, k,
-    v read and the output written once.  ``window`` does not change the count.
+    v read and the output written once.
     """
     branches = remap.BRANCHES[kind]
     key_maps = 1 if kind == "dca" else 2
     pairs = mask_pairs(mask, Sq, Sk)
-    edge = sympy.Min(EDGE * (branches - 1) * Sq, pairs)
+    if kind == "dca":  # queries at Sk - Sq .. Sk - 1: on average (Sk - Sq / 2) / n - 1/2 boundaries below each
+        crossed = sympy.Max(0, (Sk - Sq / 2) / max(1, chunk_size - window) - sympy.Rational(1, 2))
+        edge = sympy.Min(2 * DCA_TILE * Sq * crossed, 2 * pairs)
+    else:
+        edge = sympy.Min(EDGE * Sq, pairs)
     rotation = (3 * R + R) * (branches * B * Hq * Sq + key_maps * B * Hkv * Sk)
     flops = B * Hq * (pairs * (2 * D + 2 * Dv) + edge * 2 * D) + rotation
     moved = itemsize * B * (Hq * Sq * D + Hkv * Sk * (D + Dv) + Hq * Sq * Dv)

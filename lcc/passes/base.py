@@ -13,6 +13,7 @@ Parameters are :class:`lcc.spec.Field` records (``Param``), with bounds on every
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -89,9 +90,15 @@ class PassSpec:
     def definition(self) -> PassDef:
         return REGISTRY[self.name]
 
-    def exact_for(self, length: int) -> bool:
+    def exact_for(self, length: int, trained_len: int | None = None) -> bool:
+        """Whether the pass leaves outputs unchanged at ``length``; an ``exact_if`` that takes a third argument
+        also gets the model's trained length (``auto`` parameters resolve from it, as Self-Extend's do)."""
         d = self.definition
-        return d.exact or (d.exact_if is not None and d.exact_if(self.kwargs, length))
+        if d.exact or d.exact_if is None:
+            return d.exact
+        if trained_len is not None and len(inspect.signature(d.exact_if).parameters) >= 3:
+            return d.exact_if(self.kwargs, length, trained_len)
+        return d.exact_if(self.kwargs, length)
 
 
 REGISTRY: dict[str, PassDef] = {}

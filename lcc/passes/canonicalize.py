@@ -11,11 +11,12 @@ from __future__ import annotations
 from collections import Counter
 
 from lcc.capture.program import Program
+from lcc.errors import UsageError
 from lcc.passes.graph import ATTENTION, ROPE, full_args, layer_of, lcc_nodes
 
 
-class CanonicalFormError(RuntimeError):
-    pass
+class CanonicalFormError(UsageError):
+    """The captured program is not in canonical form: the model is refused (one line, what was not recognised)."""
 
 
 def canonicalize(program: Program) -> Program:
@@ -31,9 +32,12 @@ def canonicalize(program: Program) -> Program:
                 node.meta["lcc_layer"] = layer
                 node.args, node.kwargs = tuple(full_args(node)), {}
             counts = Counter(n.meta["lcc_layer"] for n in nodes)
-            want = {i: per_layer for i in range(n_layers)}
-            if dict(counts) != want:
-                raise CanonicalFormError(f"{name}: expected {per_layer} {target} per layer, got {dict(counts)}")
+            wrong = [i for i in sorted(set(range(n_layers)) | set(counts)) if counts.get(i, 0) != per_layer]
+            if wrong:
+                what = "attention" if target == ATTENTION else "rotary embedding"
+                raise CanonicalFormError(
+                    f"{name}: layer {wrong[0]}: {what} not recognised ({counts.get(wrong[0], 0)} {target} where "
+                    f"canonical form has {per_layer}): this model is not supported")
         gm.graph.eliminate_dead_code()
         gm.recompile()
     return program.with_entries(graphs, stage="canonical")

@@ -11,7 +11,18 @@ from lcc.errors import UsageError
 from lcc.graph import ATTENTION, ROPE, full_args, get_arg, layer_of, lcc_nodes, named_args, set_args
 
 __all__ = ["ATTENTION", "ROPE", "full_args", "get_arg", "layer_of", "lcc_nodes", "named_args", "parse_layers",
-           "set_args"]
+           "refuse_softcap", "set_args"]
+
+
+def refuse_softcap(pass_name: str, attn) -> None:
+    """A pass that replaces ``lcc.attention`` by an op without soft-capping (Gemma 2's ``tanh(s / c) * c``) refuses
+    a soft-capped layer in one line rather than dropping the cap silently."""
+    cap = get_arg(attn, "softcap")
+    if cap:
+        layer = layer_of(attn)
+        raise UsageError(f"{pass_name}: layer {layer if layer is not None else '?'} soft-caps its attention scores "
+                         f"(softcap={cap:g}) and {pass_name}'s attention has no soft-cap; leave {pass_name} out for "
+                         "this model")
 
 
 def parse_layers(text: str, n_layers: int) -> set[int]:

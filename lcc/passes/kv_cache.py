@@ -34,7 +34,7 @@ from lcc.errors import UsageError
 from lcc.ops.kv_cache import KVQuantFormat
 from lcc.ops.masks import MaskSpec
 from lcc.passes.base import MAX_TOKENS, Param, PassResult, register
-from lcc.passes.graph import ATTENTION, ROPE, get_arg, layer_of, lcc_nodes, set_args
+from lcc.passes.graph import ATTENTION, ROPE, get_arg, layer_of, lcc_nodes, refuse_softcap, set_args
 
 aten = torch.ops.aten
 KV_WRITE = torch.ops.lcc.kv_quant_write.default
@@ -213,6 +213,7 @@ def _quant_rewrite(gm: torch.fx.GraphModule, entry: str, fmt: KVQuantFormat, per
                 new = graph.call_function(KV_WRITE, (parts, CacheSite.new_value(write), position, spec, which))
                 outs.append([graph.call_function(operator.getitem, (new, j)) for j in range(per_part)])
         attn = site.attention
+        refuse_softcap("kv-quant", attn)
         q, k, v, kv_len, scale, mask = (get_arg(attn, a) for a in ("q", "k", "v", "kv_len", "scale", "mask"))
         if position is not None:  # decode: attention reads the quantized cache
             with graph.inserting_before(attn):

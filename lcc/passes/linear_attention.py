@@ -21,7 +21,7 @@ import torch
 
 from lcc.capture.program import Program
 from lcc.passes.base import Param, PassResult, register
-from lcc.passes.graph import ATTENTION, get_arg, layer_of, lcc_nodes, parse_layers
+from lcc.passes.graph import ATTENTION, get_arg, layer_of, lcc_nodes, parse_layers, refuse_softcap
 
 LINEAR = torch.ops.lcc.linear_attention.default
 
@@ -33,6 +33,7 @@ def feature_map_spec(feature_map: str, features: int, seed: int) -> str:
 
 
 def _replace(gm: torch.fx.GraphModule, attn: torch.fx.Node, fmap: str, head_dim: int) -> None:
+    refuse_softcap("linear-attention", attn)
     q, k, v = (get_arg(attn, n) for n in ("q", "k", "v"))
     scale, kv_len = get_arg(attn, "scale"), get_arg(attn, "kv_len")
     if "val" in q.meta:

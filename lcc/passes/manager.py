@@ -55,10 +55,20 @@ def run_pass(program: Program, spec: PassSpec) -> PassResult:
     return PassResult(new.with_entries(new.entries, passes=program.passes + (stage,), stage=stage), result.changed)
 
 
-def apply_passes(program: Program, specs, on_stage: Callable[[Program], None] | None = None) -> Program:
-    """Check the list, then apply the passes in order; ``on_stage`` sees each stage (``lcc diff``'s record)."""
+def apply_passes(program: Program, specs, on_stage: Callable[[Program], None] | None = None,
+                 done: Program | None = None) -> Program:
+    """Check the list, then apply the passes in order; ``on_stage`` sees each stage (``lcc diff``'s record).
+
+    ``done``: ``program`` after the first passes of ``specs`` already (the planner prices ``[X]`` before
+    ``[X, Y]``): the list is still checked against ``program``, and only the passes after those run."""
     parsed = check_passes(specs, program)
     ran: list[str] = []
+    if done is not None:
+        ran = list(done.passes[len(program.passes):])
+        if done.passes[:len(program.passes)] != program.passes or ran != [str(s) for s in parsed[:len(ran)]]:
+            whole = [*program.passes, *(str(s) for s in parsed)]
+            raise ValueError(f"apply_passes: the passes done, {list(done.passes)}, are not a start of {whole}")
+        program, parsed = done, parsed[len(ran):]
     for spec in parsed:
         try:
             program = run_pass(program, spec).program

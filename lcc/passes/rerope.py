@@ -25,7 +25,7 @@ import torch
 from lcc.capture.program import Program
 from lcc.errors import UsageError
 from lcc.passes.base import MAX_TOKENS, Param, PassResult, register
-from lcc.passes.graph import ATTENTION, ROPE, get_arg, layer_of, lcc_nodes
+from lcc.passes.graph import ATTENTION, ROPE, get_arg, layer_of, lcc_nodes, refuse_softcap
 
 RERoPE = torch.ops.lcc.rerope_attention.default
 
@@ -38,6 +38,7 @@ def _rewrite(program: Program, window: int, leaky_factor: float, kind: str = "re
         for node in lcc_nodes(gm, ROPE):
             ropes.setdefault(layer_of(node), []).append(node)
         for attn in lcc_nodes(gm, ATTENTION):
+            refuse_softcap("leaky-rerope" if kind == "rerope" and leaky_factor else kind, attn)
             layer = layer_of(attn)
             q_rope = get_arg(attn, "q")
             pair = ropes.get(layer, [])
@@ -123,8 +124,14 @@ def _given(args: dict) -> set:
     return {k for k, v in args.items() if v != "auto"}
 
 
-def _self_extend_exact(args: dict, length: int) -> bool:
-    return args["group"] == 1 or (args["window"] != "auto" and args["window"] >= length)
+def _self_extend_exact(args: dict, length: int, trained_len: int | None = None) -> bool:
+    """Exact when no relative position reaches past the window (W >= length) or nothing is grouped (G = 1);
+    ``auto`` values resolve as the pass does for a program of this length when the trained length is known."""
+    group, window = args["group"], args["window"]
+    if trained_len is not None:
+        auto_group, window = self_extend_defaults(trained_len, length, None if window == "auto" else window)
+        group = auto_group if group == "auto" else group
+    return group == 1 or (window != "auto" and window >= length)
 
 
 def _plan_self_extend(target_len: int, trained_len: int) -> list[str]:
@@ -152,8 +159,15 @@ def self_extend(program: Program, group="auto", window="auto") -> PassResult:
     return _rewrite(program, window, 0.0, "self-extend", auto_group if group == "auto" else group)
 
 
-def _dca_exact(args: dict, length: int) -> bool:
-    return "auto" not in (args["chunk"], args["local"]) and args["chunk"] - args["local"] >= length
+def _dca_exact(args: dict, length: int, trained_len: int | None = None) -> bool:
+    """Exact when one chunk (chunk - local positions) holds the whole length; ``auto`` values resolve to
+    ChunkLlama's defaults when the trained length is known."""
+    chunk, local = args["chunk"], args["local"]
+    if trained_len is not None:
+        default_chunk, default_local = dca_defaults(trained_len)
+        chunk = default_chunk if chunk == "auto" else chunk
+        local = default_local if local == "auto" else local
+    return "auto" not in (chunk, local) and chunk - local >= length
 
 
 def _plan_dca(target_len: int, trained_len: int) -> list[str]:

@@ -6,14 +6,15 @@ import torch
 
 from lcc.capture.program import Program
 from lcc.passes.base import PassResult
-from lcc.passes.graph import ROPE, get_arg, lcc_nodes, set_args
+from lcc.passes.graph import ROPE, get_arg, layer_of, lcc_nodes, set_args
 
 
-def current_inv_freq(program: Program, entry: str = "prefill") -> torch.Tensor:
-    """The inverse frequencies the program's rope nodes read now (all layers share them)."""
+def current_inv_freq(program: Program, entry: str = "prefill", layer: int | None = None) -> torch.Tensor:
+    """The inverse frequencies the program's rope nodes of ``layer`` read now (the first layer's by default;
+    layers differ where the model keeps RoPE per layer kind, as Gemma 3's local and global layers)."""
     gm = program.entries[entry]
-    node = get_arg(lcc_nodes(gm, ROPE)[0], "inv_freq")
-    return _resolve(gm, node)
+    nodes = [n for n in lcc_nodes(gm, ROPE) if layer is None or layer_of(n) == layer]
+    return _resolve(gm, get_arg(nodes[0], "inv_freq"))
 
 
 def _resolve(gm, node) -> torch.Tensor:
@@ -23,17 +24,23 @@ def _resolve(gm, node) -> torch.Tensor:
     return obj
 
 
-def rewrite_rope(program: Program, inv_freq: torch.Tensor, attention_scaling: float, variant: str = "") -> PassResult:
-    """New entry graphs whose rope nodes read ``inv_freq`` (a new buffer) with the given scaling and variant."""
+def rewrite_rope(program: Program, inv_freq: torch.Tensor, attention_scaling: float, variant: str = "",
+                 layers: set[int] | None = None) -> PassResult:
+    """New entry graphs whose rope nodes (of ``layers``; all by default) read ``inv_freq`` (a new buffer) with the
+    given scaling and variant; the other layers' nodes keep what they read."""
     graphs = program.copy_graphs()
     changed = False
     for gm in graphs.values():
-        nodes = lcc_nodes(gm, ROPE)
+        nodes = [n for n in lcc_nodes(gm, ROPE) if layers is None or layer_of(n) in layers]
         if not nodes:
             continue
-        gm.register_buffer("lcc_rope_inv_freq", inv_freq.detach().to(torch.float32).clone(), persistent=False)
+        name, n = "lcc_rope_inv_freq", 0
+        while hasattr(gm, name):  # an earlier rewrite's buffer may still be read by layers this one leaves alone
+            n += 1
+            name = f"lcc_rope_inv_freq_{n}"
+        gm.register_buffer(name, inv_freq.detach().to(torch.float32).clone(), persistent=False)
         with gm.graph.inserting_before(nodes[0]):
-            new = gm.graph.get_attr("lcc_rope_inv_freq")
+            new = gm.graph.get_attr(name)
         for node in nodes:
             set_args(node, inv_freq=new, attention_scaling=float(attention_scaling), variant=variant)
         changed = True

@@ -165,6 +165,22 @@ def test_every_family_exports_under_its_own_weight_names(family, tmp_path):
     _assert_same_logits(program, tmp_path, 48)
 
 
+@pytest.mark.parametrize("family", ["gemma2", "gemma3"])
+def test_gemma_exports_with_its_soft_caps_windows_and_per_layer_type_rope(family, tmp_path):
+    """Gemma 2's soft-capping and Gemma 3's local / global layers (rope_parameters per layer type) round-trip; a
+    rope-scaling pass on per-layer-type RoPE is refused in one line rather than written as one flat entry."""
+    loaded = load_model(f"tiny-{family}")
+    base = canonicalize(capture(loaded, capacity=64, entries=("prefill", "prefill_logits")))
+    config = _export(base, tmp_path)[1]
+    source = loaded.model.config
+    assert config["sliding_window"] == source.sliding_window and config["layer_types"] == source.layer_types
+    if family == "gemma3":
+        assert config["rope_parameters"] == source.rope_parameters
+        with pytest.raises(UsageError, match="cannot express pass 'rope-scaling.*per-layer-type"):
+            _export(apply_passes(base, ["rope-scaling:method=linear,factor=2"]), tmp_path / "scaled")
+    _assert_same_logits(base, tmp_path, 48)
+
+
 def test_a_sliding_window_on_llama_is_refused(llama, tmp_path):
     loaded, base = llama
     with pytest.raises(UsageError, match="sliding-window.*llama: its transformers config has no sliding window"):

@@ -107,6 +107,8 @@ def _first_node(tree):
     ("expr", "shape expression"),
     ("range", "shape expression"),
     ("guards", "guard code"),
+    ("nested target", "node target 'torch.os.system'"),  # a node wherever it sits in the tree
+    ("expr in a list", "shape expression"),
 ])
 def test_code_in_the_graph_json_is_refused_before_torch_reads_it(artifact, tmp_path, case, fragment):
     crafted, marker = copy_of(artifact, tmp_path), tmp_path / "marker"
@@ -124,6 +126,11 @@ def test_code_in_the_graph_json_is_refused_before_torch_reads_it(artifact, tmp_p
             tree.update(json.loads(tree_text))
         elif case == "range":
             tree["range_constraints"] = {code: {"min_val": 2, "max_val": 64}}
+        elif case == "nested target":
+            tree["graph_module"]["graph"]["nodes"][-1]["metadata"] = {"x": [[{"target": "torch.os.system",
+                                                                              "inputs": []}]]}
+        elif case == "expr in a list":
+            tree["graph_module"]["graph"]["nodes"][-1]["metadata"] = {"expr_str": ["s0", [code]]}
         else:
             tree["guards_code"] = [code]
 

@@ -135,3 +135,20 @@ def test_smollm2_at_32k_and_128k_plans_a_position_method_from_its_records(smollm
     assert far.chosen is not None and far.chosen.passes[0] == "rope-scaling:method=dynamic-ntk,factor=16"
     assert far.chosen.estimate.extrapolated and far.chosen.risk in ("medium", "high")
     assert all(c.estimate is not None and c.estimate.detail for c in far.candidates if c.error is None)
+
+
+def test_a_candidate_resumed_from_its_shorter_candidate_costs_what_a_fresh_one_does(tiny_program):
+    """The planner prices [X, Y] by running only Y on [X]'s program: the same program as running both."""
+    from lcc.cost.hardware import load_profile
+    from lcc.cost.model import program_cost
+    from lcc.passes import apply_passes
+
+    _, program = tiny_program
+    window, both = "sliding-window:window=64,sinks=4", ["sliding-window:window=64,sinks=4", "flash"]
+    head = apply_passes(program, [window])
+    resumed, fresh = apply_passes(program, both, done=head), apply_passes(program, both)
+    assert resumed.passes == fresh.passes and resumed.stage == fresh.stage
+    h100 = load_profile("h100")
+    assert program_cost(resumed, "cuda").evaluate(4096, h100) == program_cost(fresh, "cuda").evaluate(4096, h100)
+    with pytest.raises(ValueError, match="are not a start of"):
+        apply_passes(program, ["flash"], done=head)

@@ -63,6 +63,25 @@ def test_cache_layouts_of_other_passes_plug_in(tiny_program):
         assert not any(e.unpriced for e in pc.entries.values())
 
 
+def test_a_cache_layout_is_priced_the_same_whatever_the_capacity_it_was_captured_at(tiny_program):
+    """The capacity is symbolic, so a program captured for 256 tokens prices every length as the one captured
+    for 128 does.  Regressions: kv-quant's per-channel key statistics (ceil(C / group) rows) stayed at the
+    captured size, and a sink + ring cache of 4 + 252 = 256 slots was taken for the capacity and grew with it."""
+    from lcc.capture import capture
+    from lcc.passes import apply_passes, canonicalize
+
+    loaded, small = tiny_program
+    big = canonicalize(capture(loaded, 256, entries=("prefill", "decode")))
+    for passes in (["kv-quant"], ["kv-sink-cache:sinks=4,window=252"]):
+        costs = [program_cost(apply_passes(p, passes), "cpu") for p in (small, big)]
+        for n in (4096, 32768):
+            a, b = (pc.evaluate(n) for pc in costs)
+            assert (a.memory, a.kv_cache, a.activations, a.decode_memory) == \
+                (b.memory, b.kv_cache, b.activations, b.decode_memory), (passes, n)
+    ring = program_cost(apply_passes(big, ["kv-sink-cache:sinks=4,window=252"]), "cpu")
+    assert ring.evaluate(4096).decode_memory == ring.evaluate(32768).decode_memory  # a ring does not grow
+
+
 def test_weights_counted_once_even_when_tied(tiny_program):
     loaded, program = tiny_program
     # parameters (a tied lm_head shares the embedding's storage) plus the one buffer the graph reads

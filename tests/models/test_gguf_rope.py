@@ -81,7 +81,8 @@ def test_scaling_keys_become_rope_parameters_and_the_spec_reports_them(keys, hf,
     loaded = load_model(f, weights=False)
     assert loaded.model.config.rope_parameters == hf
     assert loaded.spec.rotary.scaling == {k: v for k, v in hf.items() if k != "rope_theta"}
-    assert loaded.spec.trained_len == hf.get("original_max_position_embeddings", 256)
+    # the trained length is what the model was trained or extended to: the context length transformers reads
+    assert loaded.spec.trained_len == loaded.model.config.max_position_embeddings == 256
 
 
 def test_a_scaled_gguf_runs_as_transformers_runs_those_rope_parameters(tmp_path, tiny):

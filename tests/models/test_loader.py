@@ -45,11 +45,12 @@ def test_hf_directory_round_trip(tmp_path, tiny):
     assert torch.equal(again.model(ids).logits, loaded.model(ids).logits)
 
 
-def test_unsupported_family_names_the_supported_ones(tmp_path):
+def test_a_model_without_rotary_embedding_is_refused_naming_what_is_missing(tmp_path):
+    """GPT-2's attention goes through the interface, but its positions are learned: no rotary to take over."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50)).save_pretrained(tmp_path)
-    with pytest.raises(UsageError, match="not supported; supported: llama, mistral, qwen2, qwen3, phi3, gpt-neox"):
+    with pytest.raises(UsageError, match="gpt2 is not supported: no rotary embedding lcc recognises"):
         load_model(str(tmp_path))
 
 

@@ -37,7 +37,7 @@ def test_attention_matches_sdpa_with_explicit_mask(sq, extra, hkv, g, window, si
     kv_len = torch.tensor(sk_valid) if pad else None
     mask = "causal" if window is None else f"sliding:window={window},sinks={sinks}"
     expected = sdpa_oracle(q, k, v, sk_valid if pad else None, 0.3, window, sinks if window else 0)
-    for algo in ("reference", "auto", "chunked:chunk=3"):
+    for algo in ("reference", "auto", "flash", "chunked:chunk=3"):
         got = torch.ops.lcc.attention(q, k, v, kv_len, 0.3, mask, algo)
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 

@@ -270,6 +270,18 @@ def test_chunked_cpu_path_equals_the_reference_for_random_maps(kind, window, gro
     torch.testing.assert_close(rerope_chunked(*args, chunk=chunk), rerope_reference(*args), atol=2e-6, rtol=2e-5)
 
 
+@pytest.mark.parametrize("kind,window,leaky,group,chunk_size,sq,kv_len", [
+    ("rerope", 100, 0.0, 1, 0, 600, None), ("rerope", 300, 0.0625, 1, 0, 230, 580),
+    ("self-extend", 64, 0.0, 3, 0, 600, None), ("dca", 30, 0.0, 1, 250, 600, None), ("dca", 30, 0.0, 1, 250, 230, 580)])
+def test_causal_flash_runs_equal_the_reference_at_default_chunks(kind, window, leaky, group, chunk_size, sq, kv_len):
+    """The CPU causal path at its default 256-query chunks: keys in one branch, the causal diagonal, window edges
+    and DCA's chunk grid, for prefill and for a chunk of queries appended to a cache (positions 350..579)."""
+    q, k, v = make_qkv(1, 4, 2, sq, 600, 16, seed=7)
+    n = None if kv_len is None else torch.tensor([kv_len])
+    args = (q, k, v, None, inv_freq_of(16), 1.0, n, 0.3, window, leaky, "causal", kind, group, chunk_size)
+    torch.testing.assert_close(rerope_chunked(*args), rerope_reference(*args), atol=2e-6, rtol=2e-5)
+
+
 @pytest.mark.parametrize("kind,window,group,chunk_size", [("self-extend", 40, 4, 0), ("self-extend", 3, 1, 0),
                                                          ("dca", 4, 1, 44), ("dca", 0, 1, 40)])
 def test_new_kinds_are_plain_rope_where_their_window_covers_the_length(kind, window, group, chunk_size):
@@ -304,12 +316,27 @@ def test_bad_mapping_parameters_are_refused(kind, window, group, chunk_size, mat
 
 
 def test_cost_prices_each_kind_by_its_branches():
-    """Same pairs, more boundary work and rotations for DCA's three branches than for the two of the others."""
+    """Same pairs; a window edge for ReRoPE and Self-Extend, chunk-boundary tiles and three q rotations for DCA."""
     cost = registry.get("rerope_attention").cost
     S = 8192
-    flops = {kind: float(cost(1, 8, 2, S, S, 64, 64, 64, 512, kind=kind)[0])
+    flops = {kind: float(cost(1, 8, 2, S, S, 64, 64, 64, 512, kind=kind, chunk_size=6144)[0])
              for kind in ("rerope", "self-extend", "dca")}
     pairs = S * (S + 1) // 2
     plain = 8 * pairs * (2 * 64 + 2 * 64)
-    assert flops["rerope"] == flops["self-extend"] and plain < flops["rerope"] < flops["dca"] < 1.1 * plain
-    assert flops["dca"] - plain > 1.8 * (flops["rerope"] - plain) * 2 / 3  # 2 edges and 3 q rotations vs 1 and 2
+    assert flops["rerope"] == flops["self-extend"] and plain < flops["rerope"] < 1.1 * plain
+    assert plain < flops["dca"] < 1.1 * plain
+
+
+def test_dca_cost_counts_the_kernel_tiles_across_chunk_boundaries():
+    """The DCA kernel's extra q.k products, counted as its loop runs them (64-query blocks, 64-key tiles from key 0
+    to the block's last position; a tile across a chunk boundary makes two more), against the cost's estimate."""
+    cost = registry.get("rerope_attention").cost
+    S, n, local = 8192, 1000, 24
+    extra = 0
+    for hi in range(64, S + 1, 64):
+        crossing = sum(1 for t in range(0, hi, 64) if t // n != (min(t + 64, hi) - 1) // n)
+        extra += 64 * crossing * 2 * 64  # query rows x tiles x two more products of 64 keys each
+    with_bounds, one_chunk = (float(cost(1, 1, 1, S, S, 64, 64, 64, local, kind="dca", chunk_size=local + c)[0])
+                              for c in (n, S))
+    counted = (with_bounds - one_chunk) / (2 * 64)  # products of 2 D FLOPs; one chunk crosses no boundary
+    assert abs(counted - extra) < 0.05 * extra

@@ -68,9 +68,9 @@ def test_sliding_window_attention_equals_masked_sdpa_inside_the_program(program)
     seen = {}
     orig = torch.ops.lcc.attention
 
-    def spy(q, k, v, kv_len, scale, mask, algo):
+    def spy(q, k, v, kv_len, scale, mask, algo, softcap=0.0):
         seen.setdefault("args", (q, k, v, scale, mask))
-        return orig(q, k, v, kv_len, scale, mask, algo)
+        return orig(q, k, v, kv_len, scale, mask, algo, softcap)
 
     node.target = spy
     gm.recompile()

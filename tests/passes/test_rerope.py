@@ -164,3 +164,15 @@ def test_lcc_diff_new_passes_exact_on_smollm2(smollm2):
     for spec in ("self-extend:group=8,window=256", "dca:chunk=6144,local=512"):
         stage = _diff_stage(smollm2, spec, 256)
         assert stage.exact and stage.ok and stage.vs_prev_max_abs <= stage.limit, stage
+
+
+def test_auto_self_extend_and_dca_are_exact_where_their_paper_defaults_cover_the_length():
+    """With the trained length T known, ``auto`` resolves as the passes do: Self-Extend's G is 1 (nothing grouped)
+    while (T - W) G + W covers the length, i.e. up to T; DCA's chunk 3T/4 less its local window T/16 must hold the
+    whole length.  Without T neither can say."""
+    from lcc.passes import parse_pass
+
+    self_extend, dca = parse_pass("self-extend"), parse_pass("dca")
+    assert self_extend.exact_for(8192, 8192) and not self_extend.exact_for(8193, 8192)
+    assert dca.exact_for(6144 - 512, 8192) and not dca.exact_for(6144, 8192)
+    assert not self_extend.exact_for(2048) and not dca.exact_for(2048)

@@ -5,10 +5,11 @@ Importing this package never fails: without ``onnx``/``onnxscript``/``onnxruntim
 ``lcc.rope`` get onnxscript translations registered as their ``onnx`` lowerings
 (:mod:`lcc.backends.onnx.register`).
 
-- :func:`lower` ``(program, out_dir, optimize=True, entries=...)``: ``prefill.onnx``, ``decode.onnx``,
-  ``weights.bin``, ``onnx.json``, and where the cache is plain an onnxruntime-genai
+- :func:`lower` ``(program, out_dir, optimize=True, entries=..., target="cpu")``: ``prefill.onnx``,
+  ``decode.onnx``, ``weights.bin``, ``onnx.json``, and where the cache is plain an onnxruntime-genai
   ``model.onnx`` + ``genai_config.json``; returns the manifest.
-- :class:`OnnxProgram` ``(out_dir)``: load it back with the program's entry-point convention.
+- :class:`OnnxProgram` ``(out_dir)``: load it back with the program's entry-point convention, on the
+  providers of the target it was lowered for (:mod:`.cuda`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ else:
     AVAILABLE, _WHY = True, None
 
 from lcc.backends import Lowered, check_dtype, check_program_dtype
+from lcc.target import parse_target
 
 if AVAILABLE:
     from lcc.backends.onnx import register  # noqa: F401  (registers the onnx lowerings)
@@ -53,10 +55,11 @@ def _tokenizer_for(program):
 
 
 class OnnxBackend:
-    """``lcc compile --backend onnx``: ONNX opset 23 + onnxruntime contrib ops, optimised for the CPU provider."""
+    """``lcc compile --backend onnx``: ONNX opset 23 + onnxruntime contrib ops, for the CPU or the CUDA provider."""
 
     name = "onnx"
-    # float16: weights, activations, cache and GroupQueryAttention in fp16 (runs on the CPU provider too)
+    # float16: weights, activations, cache and GroupQueryAttention in fp16 (runs on the CPU provider too); the
+    # only dtype of a cuda target (lcc.backends.onnx.cuda)
     dtypes = ("float32", "float16")
     dtype_refusals = {"bfloat16": "onnxruntime's CPU provider has no bfloat16 MatMul or Softmax kernels, so a "
                                   "bfloat16 graph could be neither checked nor run here; float16 runs everywhere"}
@@ -64,22 +67,37 @@ class OnnxBackend:
     def available(self) -> str | None:
         return _WHY
 
-    def lower(self, program, out_dir, *, target=None, dtype="float32", entries=None, progress=None) -> Lowered:
-        """Export ``entries`` (default prefill and decode; with both, the genai model too where the cache allows);
-        ``target`` picks the providers ``load`` uses ("cpu", the default: the CPU provider)."""
-        from lcc.backends.onnx.lower import ENTRIES
+    def default_dtype(self, target) -> str:
+        """``--dtype`` when not given, for ``target`` (a ``--target`` string): float16 for cuda, else float32."""
+        from lcc.backends.onnx.cuda import default_dtype
 
+        return default_dtype(parse_target(target))
+
+    def lower(self, program, out_dir, *, target=None, dtype="float32", entries=None, progress=None) -> Lowered:
+        """Export ``entries`` (default prefill and decode; with both, the genai model too where the cache allows)
+        for ``target`` ("cpu", the default: the CPU provider; "cuda[:arch]": fp16 for the CUDA provider)."""
+        from lcc.backends.onnx.cuda import check_dtype as check_target_dtype, kv_quant_refusal
+        from lcc.backends.onnx.lower import ENTRIES
+        from lcc.errors import UsageError
+
+        where = parse_target(target)
         check_dtype(self, dtype)
+        check_target_dtype(where, dtype)
         check_program_dtype(program, dtype)
+        refusal = kv_quant_refusal(program.cache)
+        if refusal:
+            raise UsageError(refusal)
         entries = tuple(entries or ENTRIES)
         if set(ENTRIES) <= set(entries):  # the genai model too, where the cache allows
-            manifest = lower(program, out_dir, tokenizer=_tokenizer_for(program), entries=entries, progress=progress)
+            manifest = lower(program, out_dir, tokenizer=_tokenizer_for(program), entries=entries, progress=progress,
+                             target=str(where))
         else:
-            manifest = lower(program, out_dir, genai=False, entries=entries, progress=progress)
+            manifest = lower(program, out_dir, genai=False, entries=entries, progress=progress, target=str(where))
         notes = [f"{f['entry']}: {f['node']} ({f['op']}) runs as its {f['how']}" for f in manifest["fallbacks"]]
         genai = manifest["genai"]
         notes.append("onnxruntime-genai: " + (f"{genai['model']} + {genai['config']}" if "model" in genai
                                                else f"no model ({genai['skipped']})"))
+        notes.append(f"target {manifest['target']}: providers {', '.join(manifest['providers'])}")
         notes.append(f"versions {manifest['versions']}; optimised {manifest['optimized']}")
         return Lowered(list(manifest["files"]), native=dict(manifest["native"]),
                        fallbacks=sorted({f["op"] for f in manifest["fallbacks"]}), notes=notes,

@@ -104,7 +104,7 @@ def gqa_window(mask: str, kv_len) -> int | None:
 
 
 def _masked_call(fused: bool, empty_rows: bool):
-    def call(q, k, v, kv_len, scale, mask="causal", algo="auto"):
+    def call(q, k, v, kv_len, scale, mask="causal", algo="auto", softcap=0.0):  # softcap 0: capped nodes fall back
         allowed = mask_allowed(mask, q.shape[2], k.shape[2], kv_len, q.device)
         return torch.ops.lcc_onnx.masked_attention(q, k, v, kv_len, allowed, scale, fused, empty_rows)
 
@@ -200,7 +200,7 @@ def _gqa(q, k, v, scale: float, window: int, bias=None):
     return op.Transpose(out, perm=[0, 2, 1, 3])
 
 
-def attention_onnx(q, k, v, kv_len, scale: float, mask: str = "causal", algo: str = "auto"):
+def attention_onnx(q, k, v, kv_len, scale: float, mask: str = "causal", algo: str = "auto", softcap: float = 0.0):
     """``lcc.attention`` nodes left by :func:`prepare`: prefill with a GQA-native mask."""
     window = gqa_window(mask, kv_len)
     assert window is not None, f"attention node with mask {mask!r} should have been prepared"

@@ -208,7 +208,7 @@ def _match(gm, node: torch.fx.Node):
     args = named_args(node)
     prefill = args["kv_len"] is None
     window = gqa_window(args["mask"], None)
-    if window is None:
+    if window is None or args.get("softcap"):
         return None
     q_rope = _rope_of(args["q"])
     if q_rope is None:

@@ -13,7 +13,8 @@ built from the same two lowered entries as ``prefill.onnx``/``decode.onnx`` (so 
 exactly the compiled program); genai reads only the last position's logits.  Inputs are
 ``input_ids`` and ``position_ids`` (int64); there is no ``attention_mask`` (the program's
 masks live in its attention ops).  Limits: one prompt per generator (a second multi-token
-append would re-run prefill from position 0), ``max_length`` must stay the capacity.
+append would re-run prefill from position 0), ``max_length`` must stay the capacity.  For a cuda
+target the config names the cuda provider (``onnxruntime-genai-cuda`` then runs it on the GPU).
 """
 
 from __future__ import annotations
@@ -169,8 +170,13 @@ def _pad_logits(branch: onnx.GraphProto) -> None:
     shape.dim[1].dim_param = "sequence_length"
 
 
-def write_config(out_dir: Path, program, token_ids: dict, model_file: str = MODEL) -> dict:
-    """``genai_config.json`` for the composed model (greedy search, max_length = capacity)."""
+def provider_options(target) -> list[dict]:
+    """genai's ``session_options.provider_options`` for an lcc target: ``[{"cuda": {}}]``, or none (the CPU)."""
+    return [{"cuda": {}}] if target.is_cuda else []
+
+
+def write_config(out_dir: Path, program, token_ids: dict, target, model_file: str = MODEL) -> dict:
+    """``genai_config.json`` for the composed model (greedy search, max_length = capacity) on ``target``."""
     spec, layout = program.spec, program.cache
     config = {
         "model": {
@@ -179,7 +185,7 @@ def write_config(out_dir: Path, program, token_ids: dict, model_file: str = MODE
             "vocab_size": spec.vocab,
             **{k: v for k, v in token_ids.items() if v is not None},
             "decoder": {
-                "session_options": {"log_id": "onnxruntime-genai", "provider_options": []},
+                "session_options": {"log_id": "onnxruntime-genai", "provider_options": provider_options(target)},
                 "filename": model_file,
                 "head_size": layout.head_dim,
                 "hidden_size": spec.hidden,

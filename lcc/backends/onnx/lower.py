@@ -2,10 +2,10 @@
 
 Steps: export each entry with the lcc ops' translations (:mod:`.export`); where the cache
 layout is onnxruntime-genai's, compose its ``model.onnx`` from the two (:mod:`.genai`);
-apply onnxruntime's graph optimisations and save the optimised graphs (:mod:`.optimize`);
-store each distinct weight once (:mod:`.weights`).  Everything is written to a temporary
-directory beside ``out_dir`` and renamed into place, so ``out_dir`` never holds a half
-artifact.
+apply onnxruntime's graph optimisations and save the optimised graphs (:mod:`.optimize`; for a
+cpu target only: a cuda session optimises at load, :mod:`.cuda`); store each distinct weight once
+(:mod:`.weights`).  Everything is written to a temporary directory beside ``out_dir`` and renamed
+into place, so ``out_dir`` never holds a half artifact.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from lcc.backends.nodes import native_hows
+from lcc.backends.onnx import cuda
 from lcc.backends.onnx import genai as genai_model
 from lcc.backends.onnx.attention import IN_PLACE
 from lcc.backends.onnx.export import OPSET, export_entry, io_names
@@ -64,13 +65,19 @@ def _save_raw(model, path: Path) -> None:
 
 
 def lower(program, out_dir, optimize: bool = True, genai: bool | None = None, tokenizer=None,
-          entries: Sequence[str] = ENTRIES, progress: Callable[[str], None] | None = None) -> dict:
+          entries: Sequence[str] = ENTRIES, progress: Callable[[str], None] | None = None,
+          target: str = "cpu") -> dict:
     """Write the ONNX artifact of ``program`` to ``out_dir``; returns its manifest (also ``onnx.json``).
 
     ``optimize``: save onnxruntime's ``ORT_ENABLE_EXTENDED`` graphs (else the exported ones).
     ``genai``: also write onnxruntime-genai's ``model.onnx`` + ``genai_config.json`` (default:
     when the cache layout allows); ``tokenizer`` supplies its token ids and tokenizer files.
+    ``target`` (``cpu``, ``cuda[:arch]``): recorded, and picks the providers and the offline optimisation.
     """
+    from lcc.target import parse_target
+
+    where = parse_target(target)
+    optimize = optimize and cuda.optimize_offline(where)
     step = progress or (lambda _: None)
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -79,14 +86,14 @@ def lower(program, out_dir, optimize: bool = True, genai: bool | None = None, to
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would become the artifact's mode
     try:
-        manifest = _lower_into(program, tmp, optimize, genai, tokenizer, entries, step)
+        manifest = _lower_into(program, tmp, optimize, genai, tokenizer, entries, step, where)
         _install(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return manifest
 
 
-def _lower_into(program, tmp: Path, optimize, genai, tokenizer, entries, step) -> dict:
+def _lower_into(program, tmp: Path, optimize, genai, tokenizer, entries, step, where) -> dict:
     layout = program.cache
     raw = tmp / "raw"
     raw.mkdir()
@@ -120,12 +127,12 @@ def _lower_into(program, tmp: Path, optimize, genai, tokenizer, entries, step) -
     genai_info = {"skipped": why_not_genai}
     if why_not_genai is None:
         ids = genai_model.token_ids(tokenizer) or program.meta.get("token_ids", {})
-        genai_model.write_config(tmp, program, ids)
+        genai_model.write_config(tmp, program, ids, where)
         genai_info = {"model": genai_model.MODEL, "config": genai_model.CONFIG,
                       "eos_token_id": ids.get("eos_token_id")}
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-    manifest = _manifest(program, files, nodes, weights, genai_info, optimize, timings)
+    manifest = _manifest(program, files, nodes, weights, genai_info, optimize, timings, where)
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
@@ -143,7 +150,7 @@ def _copy_model(src: Path, dst: Path) -> None:
                     size_threshold=1024)
 
 
-def _manifest(program, files, nodes, weights, genai_info, optimize, timings) -> dict:
+def _manifest(program, files, nodes, weights, genai_info, optimize, timings, where) -> dict:
     layout = program.cache
     entries = {}
     for name in nodes:
@@ -155,12 +162,15 @@ def _manifest(program, files, nodes, weights, genai_info, optimize, timings) -> 
     fallbacks = [{**n, "entry": e} for e, ns in nodes.items() for n in ns if n["fallback"]]
     return {
         "versions": _versions(),
+        "target": str(where),
+        "providers": cuda.providers(where),
         "opset": OPSET,
         "entries": entries,
         "weights": WEIGHTS,
         "weights_bytes": weights,
         "cache": layout.to_dict(),
-        "optimized": "ORT_ENABLE_EXTENDED (CPU provider)" if optimize else None,
+        "optimized": ("ORT_ENABLE_EXTENDED (CPU provider)" if optimize else
+                      "at load, by the CUDA provider's session" if where.is_cuda else None),
         "native": native_hows([n for ns in nodes.values() for n in ns]),
         "nodes": {e: [{k: v for k, v in n.items()} for n in ns] for e, ns in nodes.items()},
         "fallbacks": fallbacks,

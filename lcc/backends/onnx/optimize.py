@@ -3,8 +3,8 @@
 The model is loaded once with ``ORT_ENABLE_EXTENDED`` (constant folding, redundant-node
 elimination, and the fusions onnxruntime applies to transformer graphs: FusedMatMul,
 QuickGelu, SkipSimplifiedLayerNormalization, ...) and ``optimized_model_filepath``
-writes the result with its weights as external data.  Extended fusions target the
-execution provider they were computed for; the CPU provider's fused ops also exist on CUDA.
+writes the result with its weights as external data.  The saved graph is computed for the
+CPU provider, so only a cpu target's graphs are saved this way (:mod:`.cuda` says why).
 """
 
 from __future__ import annotations

@@ -24,6 +24,9 @@ BACKEND = "onnx"
 def _mask_unsupported(args: dict) -> str | None:
     from lcc.ops.masks import MaskSpec
 
+    if args.get("softcap"):
+        return f"soft-capped attention (softcap={args['softcap']}) has no onnx lowering"
+
     try:
         MaskSpec.parse(args["mask"])
     except ValueError as e:

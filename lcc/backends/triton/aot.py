@@ -60,7 +60,7 @@ def attention_variant(dtype, head_dim, mask_kind, q_len=4096) -> Variant:
         dict(MASK=kernel_predicates()[mask_kind], BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"], D=head_dim,
              DV=head_dim, BLOCK_D=pow2(head_dim), BLOCK_DV=pow2(head_dim), PREC=dot_precision(dtype),
              UPCAST=False),
-        floats=("qk_scale",), options=dict(num_warps=cfg["num_warps"], num_stages=cfg["num_stages"]))
+        floats=("qk_scale", "softcap"), options=dict(num_warps=cfg["num_warps"], num_stages=cfg["num_stages"]))
 
 
 def decode_variants(dtype, head_dim, group, sliding) -> list[Variant]:
@@ -71,7 +71,7 @@ def decode_variants(dtype, head_dim, group, sliding) -> list[Variant]:
         dict(SLIDING=sliding, BLOCK_G=pow2(group), BLOCK_N=cfg["block_n"], D=head_dim, DV=head_dim,
              BLOCK_D=pow2(head_dim), BLOCK_DV=pow2(head_dim), PREC=dot_precision(dtype),
              UPCAST=False),
-        floats=("qk_scale",), options=dict(num_warps=cfg["num_warps"], num_stages=cfg["num_stages"]))
+        floats=("qk_scale", "softcap"), options=dict(num_warps=cfg["num_warps"], num_stages=cfg["num_stages"]))
     merge = Variant(f"decode_merge[{t},d={head_dim}]", decode.decode_merge,
                     {"MID_O": "fp32", "MID_LSE": "fp32", "O": t},
                     dict(BLOCK_S=128, DV=head_dim, BLOCK_DV=pow2(head_dim)), options=dict(num_warps=4))

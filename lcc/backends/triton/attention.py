@@ -6,6 +6,7 @@ BLOCK_M query rows of one head and walks the key blocks its row of the block map
 are never loaded.  Full tiles need no mask; partial tiles evaluate the mask's own
 predicate (:mod:`lcc.backends.triton.mask_mods`) plus ``kv < kv_len``.  Queries sit at
 ``kv_len - Sq + i``; GQA reads kv head ``h // group`` in place; accumulation is fp32.
+Gemma 2's soft-capping (``softcap`` > 0) caps each tile's scaled scores before the mask.
 """
 
 from __future__ import annotations
@@ -23,10 +24,18 @@ from lcc.ops.masks import block_map
 
 
 @triton.jit
+def cap_scores(qk, cap):
+    """``cap * tanh(qk / cap)`` (Gemma 2's soft-cap) on scores in log2 units: ``cap`` is the soft-cap times
+    log2(e), as ``qk`` carries it; tanh as 1 - 2 / (e^2x + 1), exact at both saturations."""
+    x = qk / cap
+    return cap * (1.0 - 2.0 / (tl.exp(2.0 * x) + 1.0))
+
+
+@triton.jit
 def attn_fwd(Q, K, V, O, KV_LEN, ROW_PTR, N_FULL, COLS,
              stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
              stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_om,
-             H, GROUP, SQ, ROWS_PER_BATCH, qk_scale, p0, p1, p2, p3,
+             H, GROUP, SQ, ROWS_PER_BATCH, qk_scale, softcap, p0, p1, p2, p3,
              MASK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
              D: tl.constexpr, DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
              PREC: tl.constexpr, UPCAST: tl.constexpr):
@@ -61,6 +70,8 @@ def attn_fwd(Q, K, V, O, KV_LEN, ROW_PTR, N_FULL, COLS,
             k = k.to(tl.float32)
             v = v.to(tl.float32)
         qk = tl.dot(q, k, input_precision=PREC) * qk_scale
+        if softcap > 0:
+            qk = cap_scores(qk, softcap)
         m_i, l_i, acc = softmax_update(qk, v, m_i, l_i, acc, PREC)
     # stage 2: partial tiles, the predicate evaluated pair by pair
     for idx in range(mid, end):
@@ -69,6 +80,8 @@ def attn_fwd(Q, K, V, O, KV_LEN, ROW_PTR, N_FULL, COLS,
         k, v = load_kv_tile(k_base, v_base, offs_n, kv_ok, stride_kn, stride_vn, offs_d, offs_dv, D, DV, UPCAST)
         keep = MASK(q_pos[:, None], offs_n[None, :], p0, p1, p2, p3) & kv_ok[None, :]
         qk = tl.dot(q, k, input_precision=PREC) * qk_scale
+        if softcap > 0:
+            qk = cap_scores(qk, softcap)
         qk = tl.where(keep, qk, float("-inf"))
         m_i, l_i, acc = softmax_update(qk, v, m_i, l_i, acc, PREC)
     out = normalize(acc, l_i)  # rows that keep no key give 0, as the reference
@@ -133,7 +146,7 @@ def kv_lens(kv_len, batch: int, k_len: int) -> list[int]:
 
 
 def flash_attention(q, k, v, kv_len=None, scale=None, mask="causal", block_m=0, block_n=0,
-                    num_warps=0, num_stages=0):
+                    num_warps=0, num_stages=0, softcap=0.0):
     """``lcc.attention`` by the Triton kernel, eagerly: CUDA tensors compiled, CPU tensors interpreted.
 
     Reads ``kv_len`` on the host to check it and to build the exact key-block lists of any mask
@@ -147,14 +160,14 @@ def flash_attention(q, k, v, kv_len=None, scale=None, mask="causal", block_m=0, 
     cfg.update({key: val for key, val in dict(block_m=block_m, block_n=block_n, num_warps=num_warps,
                                               num_stages=num_stages).items() if val})
     blocks = key_blocks(mask, Sq, lens, cfg["block_m"], cfg["block_n"], q.device)
-    return flash_launch(q, k, v, _lens_tensor(tuple(lens), str(q.device)), blocks, scale, mask, cfg)
+    return flash_launch(q, k, v, _lens_tensor(tuple(lens), str(q.device)), blocks, scale, mask, cfg, softcap)
 
 
-def flash_launch(q, k, v, lens, blocks, scale, mask: str, cfg: dict) -> torch.Tensor:
+def flash_launch(q, k, v, lens, blocks, scale, mask: str, cfg: dict, softcap: float = 0.0) -> torch.Tensor:
     """The one launcher of :func:`attn_fwd`, eager and inside ``triton_op`` (host side: torch ops on shapes).
 
     ``lens`` [B] int32 valid keys per sequence; ``blocks`` = (row_ptr, n_full, cols, rows_per_batch) as
-    :func:`key_blocks` builds them; ``cfg`` as :func:`config` returns it.
+    :func:`key_blocks` builds them; ``cfg`` as :func:`config` returns it; ``softcap`` > 0 soft-caps the scores.
     """
     B, Hq, Sq, D = q.shape
     Hkv, Sk, Dv = k.shape[1], k.shape[2], v.shape[3]
@@ -172,11 +185,11 @@ def flash_launch(q, k, v, lens, blocks, scale, mask: str, cfg: dict) -> torch.Te
         q, k, v, o, lens, row_ptr, n_full, cols,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2),
-        Hq, Hq // Hkv, Sq, rows_per_batch, scale * LOG2E, *params,
+        Hq, Hq // Hkv, Sq, rows_per_batch, scale * LOG2E, float(softcap) * LOG2E, *params,
         MASK=mask_fn, BLOCK_M=bm, BLOCK_N=bn, D=D, DV=Dv, BLOCK_D=pow2(D), BLOCK_DV=pow2(Dv),
         PREC=dot_precision(q.dtype), UPCAST=upcast(attn_fwd, q.dtype),
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     return o
 
 
-__all__ = ["flash_attention", "flash_launch", "key_blocks", "config", "kv_lens", "attn_fwd", "KERNELS"]
+__all__ = ["flash_attention", "flash_launch", "key_blocks", "config", "kv_lens", "attn_fwd", "cap_scores", "KERNELS"]

@@ -2,15 +2,16 @@
 
 Each entry point (prefill with a symbolic sequence length, decode) is re-exported with its
 lcc ops retargeted to their ``lcc_triton`` triton_ops (:mod:`lcc.backends.triton.ops`),
-moved to the compile device (CUDA where present, else CPU) and compiled ahead of time with
+moved to the target's device (:func:`compile_device`) and compiled ahead of time with
 ``torch._inductor.aoti_compile_and_package`` into ``<entry>.pt2``.  Inductor traces into
 the triton_ops, so on CUDA the Triton kernels are compiled into the package beside
 Inductor's own; on CPU the ops' reference bodies become Inductor C++ (Triton kernels have no
 CPU target outside the interpreter).  lcc ops without a triton_op stay opaque calls of the
-registered op.  The packages hold code only (``aot_inductor.package_constants_in_so=False``):
-the weights of every entry are stored once, in ``weights.safetensors``, and handed to each
-loaded package by constant name (``load_constants``, the loader keeping pointers to the same
-tensors), so nothing is compiled or unpickled at load.
+registered op.  A cuda target compiles for the GPU it is compiled on (Inductor builds its kernels
+for the device it finds), so it needs a GPU of the target's arch.  The packages hold code only
+(``aot_inductor.package_constants_in_so=False``): the weights of every entry are stored once, in
+``weights.safetensors``, and handed to each loaded package by constant name (``load_constants``, the
+loader keeping pointers to the same tensors), so nothing is compiled or unpickled at load.
 """
 
 from __future__ import annotations
@@ -43,6 +44,29 @@ def retarget(gm: torch.fx.GraphModule) -> tuple[torch.fx.GraphModule, dict[str, 
 
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def compile_device(target: str | None, default: str | None = None) -> tuple[str, str]:
+    """(compile device, recorded target) for an lcc ``--target`` (None: ``default``, else the local device).
+
+    A cuda target is a usage error without a GPU here, or when this GPU's arch is not the target's."""
+    from lcc.target import local_arch, parse_target
+
+    if target is None:
+        device = default or default_device()
+        return device, f"cuda:{local_arch()}" if device == "cuda" else "cpu"
+    where = parse_target(target)
+    if not where.is_cuda:
+        return "cpu", "cpu"
+    arch = local_arch()
+    if arch is None:
+        raise UsageError(f"--target {where} with --backend triton: AOTInductor compiles the packages for the GPU it "
+                         "finds, and this machine has none; compile on the GPU machine, or use --target cpu (the "
+                         "onnx and tvm backends lower for cuda without a GPU)")
+    if where.arch is not None and where.arch != arch:
+        raise UsageError(f"--target {where} with --backend triton: AOTInductor compiles for this GPU ({arch}); "
+                         f"compile on an {where.arch} GPU, or give --target cuda:{arch}")
+    return "cuda", f"cuda:{arch}"
 
 
 def default_configs() -> dict:
@@ -185,11 +209,12 @@ class TritonBackend:
         return None
 
     def lower(self, program, out_dir, *, target=None, dtype="float32", entries=None, progress=None) -> Lowered:
-        """AOT-compile ``entries`` (default prefill and decode) for ``target`` ("cuda" or "cpu"; default:
-        the backend's device, else cuda where present); their weights go once into ``weights.safetensors``."""
+        """AOT-compile ``entries`` (default prefill and decode) for ``target`` (an lcc target,
+        :func:`compile_device`; default: the backend's device, else cuda where present); their weights go
+        once into ``weights.safetensors``."""
+        device, where = compile_device(target, self.device)
         check_dtype(self, dtype)
         check_program_dtype(program, dtype)
-        device = target or self.device or default_device()
         entries = tuple(entries or ENTRIES)
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -207,13 +232,14 @@ class TritonBackend:
         import triton
 
         stored = {**weights.tensors, **{a: weights.tensors[t] for a, t in weights.aliases.items()}}
-        meta = {"device": device, "dtype": dtype, "torch": torch.__version__, "triton": triton.__version__,
-                "compile_seconds": seconds, "entries": {name: f"{name}.pt2" for name in entries},
+        meta = {"device": device, "target": where, "dtype": dtype, "torch": torch.__version__,
+                "triton": triton.__version__, "compile_seconds": seconds,
+                "entries": {name: f"{name}.pt2" for name in entries},
                 "weights": WEIGHTS,
                 "constants": {fqn: [str(t.dtype).removeprefix("torch."), list(t.shape)]
                               for fqn, t in sorted(stored.items())}}
         (out_dir / MANIFEST).write_text(json.dumps(meta, indent=2) + "\n")
-        notes = [f"AOTInductor packages for {device} (torch {torch.__version__}, triton {triton.__version__}), "
+        notes = [f"AOTInductor packages for {where} (torch {torch.__version__}, triton {triton.__version__}), "
                  f"{dtype}, weights stored once in {WEIGHTS}"]
         if device == "cpu":
             notes.append("on CPU the triton_ops' bodies are the ops' reference implementations, compiled by "

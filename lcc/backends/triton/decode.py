@@ -5,6 +5,7 @@ One query token per sequence against a long cache: the cache's kept range is cut
 (GQA without repeating K/V) to its chunk and writes a partial output plus its
 log-sum-exp; a second kernel merges the partials.  Masks: causal, or sliding window with
 sinks (the window and the sinks are two key ranges, so no tile is wasted on masked keys).
+Gemma 2's soft-capping (``softcap`` > 0) caps the scaled scores as the flash kernel does.
 """
 
 from __future__ import annotations
@@ -15,13 +16,14 @@ import torch
 import triton
 import triton.language as tl
 
+from lcc.backends.triton.attention import cap_scores
 from lcc.backends.triton.interpret import check_device, dot_precision, launcher, pow2, upcast, valid_lens
 from lcc.backends.triton.online_softmax import LOG2E, load_kv_tile, log_sum_exp, normalize, softmax_update
 from lcc.ops.masks import MaskSpec
 
 
 @triton.jit
-def attend_range(q, k_base, v_base, lo, hi, m_i, l_i, acc, stride_kn, stride_vn, qk_scale,
+def attend_range(q, k_base, v_base, lo, hi, m_i, l_i, acc, stride_kn, stride_vn, qk_scale, softcap,
                  offs_d, offs_dv, D: tl.constexpr, DV: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr,
                  UPCAST: tl.constexpr):
     """Online-softmax update of (m_i, l_i, acc) with keys lo..hi-1."""
@@ -30,6 +32,8 @@ def attend_range(q, k_base, v_base, lo, hi, m_i, l_i, acc, stride_kn, stride_vn,
         kv_ok = offs_n < hi
         k, v = load_kv_tile(k_base, v_base, offs_n, kv_ok, stride_kn, stride_vn, offs_d, offs_dv, D, DV, UPCAST)
         qk = tl.dot(q, k, input_precision=PREC) * qk_scale
+        if softcap > 0:
+            qk = cap_scores(qk, softcap)
         qk = tl.where(kv_ok[None, :], qk, float("-inf"))
         m_i, l_i, acc = softmax_update(qk, v, m_i, l_i, acc, PREC)
     return m_i, l_i, acc
@@ -45,7 +49,7 @@ def split_program(HKV):
 @triton.jit
 def decode_split(Q, K, V, KV_LEN, MID_O, MID_LSE,
                  stride_qb, stride_qh, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
-                 HKV, GROUP, SPLITS, window, sinks, qk_scale,
+                 HKV, GROUP, SPLITS, window, sinks, qk_scale, softcap,
                  SLIDING: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr,
                  D: tl.constexpr, DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
                  PREC: tl.constexpr, UPCAST: tl.constexpr):
@@ -76,9 +80,10 @@ def decode_split(Q, K, V, KV_LEN, MID_O, MID_LSE,
     if SLIDING:
         if split == 0:  # sinks left of the window
             m_i, l_i, acc = attend_range(q, k_base, v_base, 0, tl.minimum(sinks, lo), m_i, l_i, acc,
-                                         stride_kn, stride_vn, qk_scale, offs_d, offs_dv, D, DV, BLOCK_N, PREC, UPCAST)
+                                         stride_kn, stride_vn, qk_scale, softcap, offs_d, offs_dv, D, DV, BLOCK_N,
+                                         PREC, UPCAST)
     m_i, l_i, acc = attend_range(q, k_base, v_base, start, end, m_i, l_i, acc,
-                                 stride_kn, stride_vn, qk_scale, offs_d, offs_dv, D, DV, BLOCK_N, PREC, UPCAST)
+                                 stride_kn, stride_vn, qk_scale, softcap, offs_d, offs_dv, D, DV, BLOCK_N, PREC, UPCAST)
     row = (b * HKV * GROUP + heads) * SPLITS + split
     store_partial(MID_O, MID_LSE, row, offs_g < GROUP, offs_dv, m_i, l_i, acc, DV)
 
@@ -133,8 +138,10 @@ def num_splits(batch_kv_heads: int, k_len: int, block_n: int, device) -> int:
     return max(1, min(triton.cdiv(4 * sms, batch_kv_heads), triton.cdiv(k_len, 4 * block_n), 256))
 
 
-def flash_decode(q, k, v, kv_len=None, scale=None, mask="causal", splits=0, block_n=0, num_warps=0, num_stages=0):
-    """``lcc.attention`` for Sq == 1 with a causal or sliding mask, by split-K flash decoding.
+def flash_decode(q, k, v, kv_len=None, scale=None, mask="causal", splits=0, block_n=0, num_warps=0, num_stages=0,
+                 softcap=0.0):
+    """``lcc.attention`` for Sq == 1 with a causal or sliding mask, by split-K flash decoding (``softcap`` > 0:
+    soft-capped scores).
 
     The one launcher of :func:`decode_split`, eager and inside ``triton_op`` (host side: torch ops on shapes).
     """
@@ -160,7 +167,7 @@ def flash_decode(q, k, v, kv_len=None, scale=None, mask="causal", splits=0, bloc
     launcher(decode_split)[(splits, B * Hkv)](
         q, k, v, lens, mid_o, mid_lse, q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), Hkv, group, splits, window, sinks, scale * LOG2E,
-        SLIDING=spec.kind == "sliding", BLOCK_G=pow2(group), BLOCK_N=block_n, D=D, DV=Dv,
+        float(softcap) * LOG2E, SLIDING=spec.kind == "sliding", BLOCK_G=pow2(group), BLOCK_N=block_n, D=D, DV=Dv,
         BLOCK_D=pow2(D), BLOCK_DV=pow2(Dv), PREC=dot_precision(q.dtype), UPCAST=upcast(decode_split, q.dtype),
         num_warps=num_warps or cfg["num_warps"], num_stages=num_stages or cfg["num_stages"])
     return merge_splits(mid_o, mid_lse, q.new_empty(B, Hq, 1, Dv))

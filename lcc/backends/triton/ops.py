@@ -68,32 +68,32 @@ def key_block_lists(mask: str, q_len, k_len, lens: torch.Tensor, block_m: int, b
     return row_ptr.int(), n_full.int(), cols.int()
 
 
-def flash_prefill(q, k, v, kv_len, scale: float, mask: str) -> torch.Tensor:
+def flash_prefill(q, k, v, kv_len, scale: float, mask: str, softcap: float = 0.0) -> torch.Tensor:
     """The flash kernel over key-block lists built on the device (the sequence length may be symbolic)."""
     cfg = flash_config(q.shape[3], q.dtype, 1 << 30)  # full-size blocks: q_len may be symbolic
     lens = valid_lens(kv_len, q.shape[0], k.shape[2], q.device)
     blocks = key_block_lists(mask, q.shape[2], k.shape[2], lens, cfg["block_m"], cfg["block_n"])
-    return flash_launch(q, k, v, lens, (*blocks, triton.cdiv(q.shape[2], cfg["block_m"])), scale, mask, cfg)
+    return flash_launch(q, k, v, lens, (*blocks, triton.cdiv(q.shape[2], cfg["block_m"])), scale, mask, cfg, softcap)
 
 
-def attention_kernels(q, k, v, kv_len, scale: float, mask: str) -> torch.Tensor:
+def attention_kernels(q, k, v, kv_len, scale: float, mask: str, softcap: float = 0.0) -> torch.Tensor:
     """Which kernel serves a call: flash decoding for one query under a causal/sliding mask, flash otherwise."""
     if q.shape[2] == 1 and MaskSpec.parse(mask).kind in ("causal", "sliding"):
-        return flash_decode(q, k, v, kv_len, scale, mask)
-    return flash_prefill(q, k, v, kv_len, scale, mask)
+        return flash_decode(q, k, v, kv_len, scale, mask, softcap=softcap)
+    return flash_prefill(q, k, v, kv_len, scale, mask, softcap)
 
 
 @triton_op(f"{NAMESPACE}::attention", mutates_args=())
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_len: torch.Tensor | None, scale: float,
-              mask: str = "causal", algo: str = "auto") -> torch.Tensor:
+              mask: str = "causal", algo: str = "auto", softcap: float = 0.0) -> torch.Tensor:
     if q.device.type != "cuda":
-        return attention_reference(q, k, v, kv_len, scale, mask)
-    return attention_kernels(q, k, v, kv_len, scale, mask)
+        return attention_reference(q, k, v, kv_len, scale, mask, softcap)
+    return attention_kernels(q, k, v, kv_len, scale, mask, softcap)
 
 
 @attention.register_kernel("cpu")
-def _(q, k, v, kv_len, scale, mask="causal", algo="auto"):
-    return attention_reference(q, k, v, kv_len, scale, mask)
+def _(q, k, v, kv_len, scale, mask="causal", algo="auto", softcap=0.0):
+    return attention_reference(q, k, v, kv_len, scale, mask, softcap)
 
 
 @triton_op(f"{NAMESPACE}::rope", mutates_args=())

@@ -35,11 +35,11 @@ def _decode(q, k, v, kv_len, scale, mask, **args):
     return flash_decode(q, k, v, kv_len, scale, mask, **args)
 
 
-def _auto(q, k, v, kv_len, scale, mask, **args):
+def _auto(q, k, v, kv_len, scale, mask, softcap=0.0, **args):
     """The kernel ``attention_kernels`` picks (flash decoding for one causal/sliding query, flash otherwise)."""
     from lcc.backends.triton.ops import attention_kernels  # needs torch.library.triton_op (torch >= 2.6)
 
-    return attention_kernels(q, k, v, kv_len, scale, mask)
+    return attention_kernels(q, k, v, kv_len, scale, mask, softcap)
 
 
 def _linear(q, k, v, feature_map, projection, eps, kv_len):

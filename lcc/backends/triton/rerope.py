@@ -1,13 +1,11 @@
-"""Fused remapped-position flash attention in Triton for the two-branch kinds, prefill and split-K decode.
+"""Fused remapped-position flash attention in Triton for every kind, prefill and split-K decode.
 
 ``lcc.rerope_attention`` takes q and k un-rotated.  Inside the window (r = p_i - j < w)
 the score is RoPE's, <rope(q, p_i), rope(k, j)>; outside it is the kind's second branch
 (:mod:`lcc.ops.remap`): ReRoPE / Leaky ReRoPE (Su 2023) <rope(q, w + f (p_i - w)), rope(k, f j)>
 (relative position w + f (r - w), f = leaky_factor), Self-Extend (Jin et al. 2024)
 <rope(q, p_i // G + W - W // G), rope(k, j // G)>.  Both split a query's keys at the same
-window edge, so one kernel serves them; only the prologue's positions differ.  DCA's three
-chunk-indexed branches have no kernel here: its CUDA calls run the op's chunked path (the
-``check`` of this module's Impl says so).  For ReRoPE (f = 0)
+window edge, so one kernel serves them; only the prologue's positions differ.  For ReRoPE (f = 0)
 the out-of-window key is rope(k, 0) = k times the attention scaling on its rotary
 channels: q rotated to the fixed position w against the un-rotated cache.
 
@@ -28,6 +26,12 @@ so only the BLOCK_M + BLOCK_N keys at the edge pay two products.  Decode (Sq = 1
 position, so its keys split cleanly in two; it packs the GQA group's query heads into the
 rows of a program and splits the keys across programs (flash decoding), the partials
 merged by :func:`lcc.backends.triton.decode.merge_splits`.
+
+Dual Chunk Attention (An et al. 2024) has its own pair, :func:`dca_fwd` and
+:func:`dca_decode_split`: its three branches share one key rotation (j mod n, n the chunk
+length), and the branch of a pair is the number of chunks between query and key (0 intra,
+1 successive, 2+ inter), so a key tile inside one chunk needs one q.k product with each row's
+q rotation selected (:func:`attend_dca`); only tiles across a chunk boundary make three.
 """
 
 from __future__ import annotations
@@ -182,7 +186,117 @@ def rerope_decode_split(QI, QO, KI, KO, V, KI_OFF, Q_POS, KV_LEN, MID_O, MID_LSE
     store_partial(MID_O, MID_LSE, row, row_ok, offs_dv, m_i, l_i, acc, DV)
 
 
-KERNELS = (rerope_fwd, rerope_decode_split)
+@triton.jit
+def attend_dca(q_intra, q_succ, q_inter, q_pos, q_chunk, k_base, v_base, lo, hi, m_i, l_i, acc, stride_kn, stride_vn,
+               offs_d, offs_dv, chunk_len, qk_scale, D: tl.constexpr, DV: tl.constexpr, BLOCK_N: tl.constexpr,
+               PREC: tl.constexpr):
+    """Online-softmax update with keys lo..hi-1 under Dual Chunk Attention's three branches.
+
+    Every key is rotated to j mod n (``k_base``), so a pair's branch only picks the query's
+    rotation: by the chunks between them, 0 intra, 1 successive, 2 or more inter.  A key tile
+    inside one key chunk gives each row one branch, so the row's rotation is selected and one
+    q.k product is made; only a tile across a chunk boundary makes the three and selects pair
+    by pair.
+    """
+    for start in range(lo, hi, BLOCK_N):
+        offs_n = start + tl.arange(0, BLOCK_N)
+        kv_ok = offs_n < hi
+        k = tl.load(k_base + offs_n[None, :] * stride_kn + offs_d[:, None],
+                    mask=kv_ok[None, :] & (offs_d[:, None] < D), other=0.0).to(q_intra.dtype)
+        v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_dv[None, :],
+                    mask=kv_ok[:, None] & (offs_dv[None, :] < DV), other=0.0).to(q_intra.dtype)
+        first = start // chunk_len
+        if first == (tl.minimum(start + BLOCK_N, hi) - 1) // chunk_len:
+            row_back = (q_chunk - first)[:, None]
+            q_row = tl.where(row_back == 0, q_intra, tl.where(row_back == 1, q_succ, q_inter))
+            qk = tl.dot(q_row, k, input_precision=PREC)
+        else:
+            pair_back = q_chunk[:, None] - (offs_n // chunk_len)[None, :]
+            qk = tl.where(pair_back == 0, tl.dot(q_intra, k, input_precision=PREC),
+                          tl.where(pair_back == 1, tl.dot(q_succ, k, input_precision=PREC),
+                                   tl.dot(q_inter, k, input_precision=PREC)))
+        keep = kv_ok[None, :] & (offs_n[None, :] <= q_pos[:, None])
+        qk = tl.where(keep, qk * qk_scale, float("-inf"))
+        m_i, l_i, acc = softmax_update(qk, v, m_i, l_i, acc, PREC)
+    return m_i, l_i, acc
+
+
+@triton.jit
+def dca_fwd(Q0, Q1, Q2, K, V, O, Q_POS, KV_LEN,
+            stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
+            stride_ob, stride_oh, stride_om, stride_pb, H, GROUP, SQ, chunk_len, qk_scale,
+            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BLOCK_D: tl.constexpr,
+            BLOCK_DV: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr):
+    """Prefill: a block of queries against every key up to its causal limit (:func:`attend_dca`)."""
+    tl.static_assert((BLOCK_D >= D) & (BLOCK_DV >= DV))
+    offs_m, b, h, hk = row_program(H, GROUP, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    row_ok = offs_m < SQ
+    q_off = b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :]
+    q_mask = row_ok[:, None] & (offs_d[None, :] < D)
+    q0 = tl.load(Q0 + q_off, mask=q_mask, other=0.0)
+    q1 = tl.load(Q1 + q_off, mask=q_mask, other=0.0)
+    q2 = tl.load(Q2 + q_off, mask=q_mask, other=0.0)
+    if UPCAST:  # Triton's interpreter multiplies bf16 raw bits in tl.dot; only the interpreter sets this
+        q0, q1, q2 = q0.to(tl.float32), q1.to(tl.float32), q2.to(tl.float32)
+    q_pos = tl.load(Q_POS + b * stride_pb + offs_m, mask=row_ok, other=0)
+    kv_len = tl.load(KV_LEN + b)
+    q_hi = tl.max(tl.where(row_ok, q_pos, -1), 0)
+    hi = tl.maximum(tl.minimum(kv_len, q_hi + 1), 0)
+    k_base = K + b.to(tl.int64) * stride_kb + hk.to(tl.int64) * stride_kh
+    v_base = V + b.to(tl.int64) * stride_vb + hk.to(tl.int64) * stride_vh
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
+    m_i, l_i, acc = attend_dca(q0, q1, q2, q_pos, q_pos // chunk_len, k_base, v_base, 0, hi, m_i, l_i, acc,
+                               stride_kn, stride_vn, offs_d, offs_dv, chunk_len, qk_scale, D, DV, BLOCK_N, PREC)
+    out = normalize(acc, l_i)  # rows that keep no key give 0, as the reference
+    o_base = O + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh
+    tl.store(o_base + offs_m[:, None] * stride_om + offs_dv[None, :], out.to(O.dtype.element_ty),
+             mask=row_ok[:, None] & (offs_dv[None, :] < DV))
+
+
+@triton.jit
+def dca_decode_split(Q0, Q1, Q2, K, V, Q_POS, KV_LEN, MID_O, MID_LSE,
+                     stride_qb, stride_qh, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
+                     stride_pb, HKV, GROUP, SPLITS, chunk_len, qk_scale,
+                     BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr, DV: tl.constexpr,
+                     BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr):
+    """Decode: a GQA group's query heads (one position) against one split of the cache."""
+    tl.static_assert((BLOCK_D >= D) & (BLOCK_DV >= DV))
+    split, b, hk = split_program(HKV)
+    offs_g = tl.arange(0, BLOCK_G)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    row_ok = offs_g < GROUP
+    heads = hk * GROUP + offs_g
+    q_off = b.to(tl.int64) * stride_qb + heads[:, None] * stride_qh + offs_d[None, :]
+    q_mask = row_ok[:, None] & (offs_d[None, :] < D)
+    q0 = tl.load(Q0 + q_off, mask=q_mask, other=0.0)
+    q1 = tl.load(Q1 + q_off, mask=q_mask, other=0.0)
+    q2 = tl.load(Q2 + q_off, mask=q_mask, other=0.0)
+    if UPCAST:
+        q0, q1, q2 = q0.to(tl.float32), q1.to(tl.float32), q2.to(tl.float32)
+    pos = tl.load(Q_POS + b * stride_pb)
+    q_pos = tl.zeros([BLOCK_G], dtype=tl.int32) + pos
+    kv_len = tl.load(KV_LEN + b)
+    hi = tl.maximum(tl.minimum(kv_len, pos + 1), 0)
+    chunk = tl.cdiv(tl.cdiv(hi, SPLITS), BLOCK_N) * BLOCK_N
+    start = split * chunk
+    end = tl.minimum(start + chunk, hi)
+    k_base = K + b.to(tl.int64) * stride_kb + hk.to(tl.int64) * stride_kh
+    v_base = V + b.to(tl.int64) * stride_vb + hk.to(tl.int64) * stride_vh
+    m_i = tl.full([BLOCK_G], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_G], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_G, BLOCK_DV], dtype=tl.float32)
+    m_i, l_i, acc = attend_dca(q0, q1, q2, q_pos, q_pos // chunk_len, k_base, v_base, start, end, m_i, l_i, acc,
+                               stride_kn, stride_vn, offs_d, offs_dv, chunk_len, qk_scale, D, DV, BLOCK_N, PREC)
+    row = (b * HKV * GROUP + heads) * SPLITS + split
+    store_partial(MID_O, MID_LSE, row, row_ok, offs_dv, m_i, l_i, acc, DV)
+
+
+KERNELS = (rerope_fwd, rerope_decode_split, dca_fwd, dca_decode_split)
 
 
 def config(head_dim: int, dtype: torch.dtype, q_len: int) -> dict:
@@ -220,20 +334,21 @@ def rotate_inputs(q, k, q_pos, inv_freq, attention_scaling, window, leaky_factor
 def rerope_flash(q, k, v, positions=None, inv_freq=None, attention_scaling=1.0, kv_len=None, scale=None,
                  window=512, leaky_factor=0.0, mask="causal", kind="rerope", group=1, chunk_size=0, block_m=0,
                  block_n=0, splits=0, num_warps=0, num_stages=0):
-    """``lcc.rerope_attention`` by the Triton kernels (causal, ReRoPE or Self-Extend): CUDA tensors compiled,
-    CPU tensors interpreted."""
+    """``lcc.rerope_attention`` by the Triton kernels (causal, every kind; DCA by :func:`dca_flash`): CUDA tensors
+    compiled, CPU tensors interpreted."""
     B, Hq, Sq, D = q.shape
     Hkv, Sk, Dv = k.shape[1], k.shape[2], v.shape[3]
     if MaskSpec.parse(mask).kind != "causal" or Hq % Hkv:
         raise ValueError(f"the ReRoPE kernels take a causal mask and Hq % Hkv == 0, got {mask}, {Hq}/{Hkv}")
-    if kind not in ("rerope", "self-extend"):
-        raise ValueError(f"the ReRoPE kernels take kinds rerope and self-extend, got {kind}")
     remap.check(kind, int(window), float(leaky_factor), int(group), int(chunk_size))
     if 2 * inv_freq.shape[0] > D:
         raise ValueError(f"rotary dim {2 * inv_freq.shape[0]} exceeds head dim {D}")
     scale = D**-0.5 if scale is None else scale
     window = int(window)
     q_pos, n = query_positions(positions, kv_len, B, Sq, Sk, q.device)
+    if kind == "dca":
+        return dca_flash(q, k, v, q_pos, n, inv_freq, attention_scaling, scale, window, int(chunk_size), block_m,
+                         block_n, splits, num_warps, num_stages)
     q_in, q_out, k_in, ki_off, k_out = rotate_inputs(q, k, q_pos, inv_freq, attention_scaling, window,
                                                      float(leaky_factor), Sq == 1, kind, int(group))
     k_out, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (k_out, v))
@@ -267,8 +382,51 @@ def rerope_flash(q, k, v, positions=None, inv_freq=None, attention_scaling=1.0, 
     return o
 
 
+def dca_flash(q, k, v, q_pos, n, inv_freq, attention_scaling, scale, window, chunk_size, block_m=0, block_n=0,
+              splits=0, num_warps=0, num_stages=0):
+    """Dual Chunk Attention by :func:`dca_fwd` / :func:`dca_decode_split`, after the prologue: the keys rotated
+    once to j mod n, q to each branch's positions (:func:`lcc.ops.remap.positions`), queries at ``q_pos`` [B, Sq]
+    against ``n`` [B, 1] valid keys.  Decode rotates every cached key again, as Self-Extend's does."""
+    B, Hq, Sq, D = q.shape
+    Hkv, Sk, Dv = k.shape[1], k.shape[2], v.shape[3]
+    k_pos = torch.arange(Sk, device=k.device).expand(B, Sk)
+    maps = remap.positions("dca", q_pos, k_pos, window, 0.0, 1, chunk_size)
+    q0, q1, q2 = (rope_reference(q, p, inv_freq, attention_scaling).contiguous() for p, _ in maps)
+    k_rot = rope_reference(k, maps[0][1], inv_freq, attention_scaling)
+    v = v if v.stride(-1) == 1 else v.contiguous()
+    q_pos, lens = q_pos.to(torch.int32).contiguous(), n.reshape(B).to(torch.int32).contiguous()
+    cfg = dca_config(D, q.dtype, Sq)
+    common = dict(D=D, DV=Dv, BLOCK_D=pow2(D), BLOCK_DV=pow2(Dv), PREC=dot_precision(q.dtype),
+                  UPCAST=upcast(dca_fwd, q.dtype))
+    strides = (q0.stride(0), q0.stride(1), *k_rot.stride()[:3], *v.stride()[:3])
+    check_device(dca_fwd, q)
+    if Sq == 1:
+        block_n = block_n or cfg["block_n"]
+        splits = splits or num_splits(B * Hkv, Sk, block_n, q.device)
+        mid_o = torch.empty(B, Hq, splits, Dv, dtype=torch.float32, device=q.device)
+        mid_lse = torch.empty(B, Hq, splits, dtype=torch.float32, device=q.device)
+        launcher(dca_decode_split)[(splits, B * Hkv)](
+            q0, q1, q2, k_rot, v, q_pos, lens, mid_o, mid_lse, *strides, q_pos.stride(0), Hkv, Hq // Hkv, splits,
+            chunk_size - window, scale * LOG2E, BLOCK_G=pow2(Hq // Hkv), BLOCK_N=block_n, **common,
+            num_warps=num_warps or 4, num_stages=num_stages or 2)
+        return merge_splits(mid_o, mid_lse, q.new_empty(B, Hq, 1, Dv))
+    bm, bn = block_m or cfg["block_m"], block_n or cfg["block_n"]
+    o = q.new_empty(B, Hq, Sq, Dv)
+    launcher(dca_fwd)[(triton.cdiv(Sq, bm), B * Hq)](
+        q0, q1, q2, k_rot, v, o, q_pos, lens, strides[0], strides[1], q0.stride(2), *strides[2:],
+        o.stride(0), o.stride(1), o.stride(2), q_pos.stride(0), Hq, Hq // Hkv, Sq, chunk_size - window,
+        scale * LOG2E, BLOCK_M=bm, BLOCK_N=bn, **common,
+        num_warps=num_warps or cfg["num_warps"], num_stages=num_stages or cfg["num_stages"])
+    return o
+
+
+def dca_config(head_dim: int, dtype: torch.dtype, q_len: int) -> dict:
+    """Block sizes: a DCA program holds three q blocks (one per branch), so past head dim 64 BLOCK_M is 32."""
+    return tile_config(head_dim, dtype, q_len, {64: (64, 64, 4, 3), 128: (32, 64, 4, 2), None: (32, 32, 4, 2)})
+
+
 def aot_variants(full: bool = False) -> list:
-    """:class:`lcc.backends.triton.aot.Variant` s of both kernels at the launcher's block sizes."""
+    """:class:`lcc.backends.triton.aot.Variant` s of the four kernels at the launchers' block sizes."""
     from lcc.backends.triton.aot import TRITON_TYPES, Variant
 
     out = []
@@ -289,6 +447,16 @@ def aot_variants(full: bool = False) -> list:
                                    {**ptrs, "MID_O": "fp32", "MID_LSE": "fp32"},
                                    dict(BLOCK_G=16, BLOCK_N=cfg["block_n"], **consts),
                                    floats=("attn_scale", "qk_scale"), options=dict(num_warps=4, num_stages=2)))
+            cfg = dca_config(d, dtype, 4096)
+            consts = dict(D=d, DV=d, BLOCK_D=pow2(d), BLOCK_DV=pow2(d), PREC=dot_precision(dtype), UPCAST=False)
+            ptrs = {"Q0": t, "Q1": t, "Q2": t, "K": t, "V": t, "Q_POS": "i32", "KV_LEN": "i32"}
+            out.append(Variant(f"dca_fwd[{t},d={d}]", dca_fwd, {**ptrs, "O": t},
+                               dict(BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"], **consts), floats=("qk_scale",),
+                               options=dict(num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])))
+            out.append(Variant(f"dca_decode_split[{t},d={d}]", dca_decode_split,
+                               {**ptrs, "MID_O": "fp32", "MID_LSE": "fp32"},
+                               dict(BLOCK_G=16, BLOCK_N=cfg["block_n"], **consts), floats=("qk_scale",),
+                               options=dict(num_warps=4, num_stages=2)))
     return out
 
 
@@ -302,19 +470,11 @@ def _impl(q, k, v, positions, inv_freq, attention_scaling, kv_len, scale, window
                         kind=kind, group=group, chunk_size=chunk_size)
 
 
-def _no_kernel(*args, **kwargs) -> str | None:
-    """DCA has no kernel of its own yet: the op then runs its chunked path (``rerope_chunked``) on CUDA too."""
-    kind = kwargs.get("kind", args[11] if len(args) > 11 else "rerope")  # the op's call: (..., mask, kind, ...)
-    if kind == "dca":
-        return "dca: no Triton kernel (three chunk-indexed branches); the chunked torch path runs"
-    return None
-
-
 from lcc.backends.triton.register import kernel_only  # noqa: E402
 
 for _algo in ("auto", "flash"):
-    registry.register_impl("rerope_attention", registry.Impl(_algo, "cuda", _impl, _no_kernel, source=__name__))
+    registry.register_impl("rerope_attention", registry.Impl(_algo, "cuda", _impl, source=__name__))
 registry.register_lowering("rerope_attention", "triton", kernel_only(
-    "fused ReRoPE / Self-Extend Triton kernel on CUDA (DCA: the chunked torch path)"))
+    "fused Triton kernels on CUDA: ReRoPE / Self-Extend (two branches), DCA (three)"))
 
-__all__ = ["rerope_flash", "rotate_inputs", "config", "aot_variants", "KERNELS"]
+__all__ = ["rerope_flash", "dca_flash", "rotate_inputs", "config", "dca_config", "aot_variants", "KERNELS"]

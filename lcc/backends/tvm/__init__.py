@@ -7,6 +7,10 @@ converters registered as their ``tvm`` lowerings (:mod:`lcc.backends.tvm.registe
 - :func:`lower` ``(program, out_dir, target="llvm")``: build and save (``tvm.json``,
   ``weights.safetensors``, ``model.<target>.so``); returns the manifest.
 - :class:`TvmProgram` ``(out_dir)``: load it back with the program's entry-point convention.
+
+``lcc compile --target`` picks the build (:func:`tvm_target`): ``cpu`` is ``llvm``, ``cuda:sm_80`` /
+``cuda:sm_90`` is ``cuda -arch=sm_XX`` (``cuda``: the local GPU's arch, else sm_90); ``load`` runs
+the library of the artifact's recorded target.
 """
 
 from __future__ import annotations
@@ -22,13 +26,19 @@ else:
     AVAILABLE, _WHY = True, None
 
 from lcc.backends import Lowered, check_dtype, check_program_dtype
+from lcc.target import Target, parse_target
 
 if AVAILABLE:
     from lcc.backends.tvm import register  # noqa: F401  (registers the tvm lowerings)
     from lcc.backends.tvm.lowering import lower  # noqa: F401
     from lcc.backends.tvm.runner import TvmProgram  # noqa: F401
 
-CUDA_TARGET = "cuda -arch=sm_90"
+CUDA_TARGET = "cuda -arch=sm_90"  # the cuda build default_targets adds where nvcc is (the H100's arch)
+
+
+def tvm_target(target: Target) -> str:
+    """The TVM target string of an lcc target: ``llvm``, or ``cuda -arch=<the target's arch>``."""
+    return f"cuda -arch={target.resolved_arch()}" if target.is_cuda else "llvm"
 
 
 def cuda_unavailable() -> str | None:
@@ -45,7 +55,8 @@ def cuda_unavailable() -> str | None:
 
 
 class TvmBackend:
-    """``lcc compile --backend tvm``: builds ``llvm``, plus ``cuda -arch=sm_90`` where nvcc and CUDA codegen exist."""
+    """``lcc compile --backend tvm``: builds the target's library; without a target ``llvm``, plus
+    ``cuda -arch=sm_90`` where nvcc and CUDA codegen exist."""
 
     name = "tvm"
     dtypes = ("float32",)
@@ -65,11 +76,11 @@ class TvmBackend:
         return ["llvm"] + ([CUDA_TARGET] if cuda_unavailable() is None else [])
 
     def lower(self, program, out_dir, *, target=None, dtype="float32", entries=None, progress=None) -> Lowered:
-        """Build ``entries`` (default prefill and decode) for ``target`` ("cpu" is ``llvm``; default: every
-        target of :meth:`default_targets`)."""
+        """Build ``entries`` (default prefill and decode) for ``target`` (an lcc target, :func:`tvm_target`;
+        default: every target of :meth:`default_targets`)."""
         check_dtype(self, dtype)
         check_program_dtype(program, dtype)
-        targets = self.default_targets() if target is None else ["llvm" if target == "cpu" else target]
+        targets = self.default_targets() if target is None else [tvm_target(parse_target(target))]
         kwargs = {} if entries is None else {"entries": tuple(entries)}
         manifest = lower(program, out_dir, target=targets, progress=progress, **kwargs)
         fallbacks = sorted({f["op"] for f in manifest["fallbacks"]})
@@ -83,7 +94,9 @@ class TvmBackend:
                        timings=dict(manifest["timings"]))
 
     def load(self, out_dir, manifest: dict | None = None):
-        return TvmProgram(out_dir)
+        """The artifact's library for its recorded target (``lcc.json``'s; without a manifest, ``llvm``)."""
+        where = parse_target(manifest["target"] if manifest is not None else None)
+        return TvmProgram(out_dir, device=where.kind)
 
     def native_files(self, out_dir) -> list[str]:
         """The libraries and CUDA fatbins ``tvm.json`` lists (native code)."""

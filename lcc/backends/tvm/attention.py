@@ -1,7 +1,8 @@
 """``lcc.attention`` as Relax ops: GQA by grouping query heads, the mask computed from positions.
 
 Scores are ``q k^T * scale`` per KV head with its ``G = Hq / Hkv`` query heads stacked along the
-rows (no repeated K/V), masked by the op's predicate evaluated on absolute positions (queries
+rows (no repeated K/V), soft-capped (``tanh(s / softcap) * softcap``, Gemma 2) when the node says
+so, masked by the op's predicate evaluated on absolute positions (queries
 aligned to the end of the ``kv_len`` valid keys), softmaxed in fp32 and multiplied by V.  Rows
 that see no key give zeros, as in the reference.  LegalizeOps + FuseOps turn this into a few
 fused TIR kernels on any target.
@@ -54,6 +55,10 @@ def convert_attention(node, importer) -> relax.Expr:
     qg = e(R.reshape(q, (B, Hkv, G * Sq, D)))  # [B,Hkv,G*Sq,D]: head h reads kv head h // G
     scores = e(R.matmul(qg, e(R.permute_dims(k, [0, 1, 3, 2]))))
     scores = e(R.multiply(scores, relax.const(float(a["scale"]), "float32")))
+    softcap = float(a.get("softcap") or 0.0)
+    if softcap:
+        capped = e(R.tanh(e(R.divide(scores, relax.const(softcap, "float32")))))
+        scores = e(R.multiply(capped, relax.const(softcap, "float32")))
     scores = e(R.reshape(scores, (B, Hkv, G, Sq, Sk)))
     allowed = e(R.expand_dims(_allowed(bb, str(a["mask"]), kv_len, Sq, Sk), [1, 2]))  # [b,1,1,Sq,Sk]
     scores = e(R.where(allowed, scores, relax.const(_NEG, "float32")))

@@ -3,7 +3,9 @@
 ``TvmProgram(out_dir).entries["prefill"](input_ids, *cache)`` and
 ``.entries["decode"](input_ids, position, *cache)`` take and return torch tensors, exactly as
 the program's entry graphs do, so :func:`lcc.runtime.generate_ids` drives it unchanged.
-Tensors cross between torch and TVM through DLPack (no copy on the CPU).
+Tensors cross between torch and TVM through DLPack, without a copy where torch holds them on the
+library's device: on CUDA the cache stays on the GPU from one step to the next (``meta["device"]``
+tells ``generate_ids`` to allocate it there).
 """
 
 from __future__ import annotations
@@ -16,11 +18,14 @@ from lcc.backends.tvm.lowering import MANIFEST
 from lcc.capture.program import CacheLayout
 
 
+_DLPACK = {"cpu": 1, "cuda": 2}  # DLPack device types (kDLCPU, kDLCUDA)
+
+
 def _to_tvm(t: torch.Tensor, dev):
     import tvm
 
     t = t.detach().contiguous()
-    if dev.dlpack_device_type() == 1 and t.device.type == "cpu" and t.data_ptr() % 64 == 0:
+    if _DLPACK.get(t.device.type) == dev.dlpack_device_type() and t.data_ptr() % 64 == 0:
         return tvm.runtime.from_dlpack(t)  # no copy; TVM wants 64-byte aligned data
     return tvm.runtime.tensor(t.cpu().numpy(), dev)
 
@@ -44,7 +49,9 @@ class _Entry:
 
 
 class TvmProgram:
-    """A lowered program loaded from ``out_dir``: ``entries``, ``cache`` and :meth:`generate`."""
+    """A lowered program loaded from ``out_dir``: ``entries``, ``cache``, ``meta`` and :meth:`generate`.
+
+    ``target`` names the library (a key of ``tvm.json``'s ``libraries``); else the first of ``device``'s kind."""
 
     def __init__(self, out_dir, target: str | None = None, device: str = "cpu"):
         import tvm
@@ -65,6 +72,7 @@ class TvmProgram:
 
             use_precompiled(self.out_dir, self.manifest.get("cuda_kernels", {}).get(self.target, []))
             self.device = tvm.cuda(0)
+        self.meta = {"device": "cuda" if self.target.split()[0] == "cuda" else "cpu"}  # lcc.runtime.device_of
         library = inside(self.out_dir, lib, MANIFEST)  # never a path outside the artifact
         self.vm = tvm.relax.VirtualMachine(tvm.runtime.load_module(str(library)), self.device)
         stored = load_file(str(inside(self.out_dir, self.manifest["weights"], MANIFEST)))

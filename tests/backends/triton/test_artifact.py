@@ -36,6 +36,7 @@ def lowered(tiny, tmp_path_factory):
 def test_the_weights_are_stored_once_and_the_packages_hold_none(lowered):
     loaded, _, out, result = lowered
     assert sorted(result.files) == ["decode.pt2", "prefill.pt2", "triton.json", WEIGHTS]
+    assert json.loads((out / "triton.json").read_text())["target"] == "cpu"
     stored = load_weights(out / WEIGHTS)
     hf = dict(loaded.model.named_parameters())
     assert {name.removeprefix("model.") for name in stored} == set(hf)  # the program holds the HF module as `model`
@@ -159,6 +160,23 @@ def test_half_precision_is_declared_and_a_program_in_another_dtype_is_refused(ti
     program = canonicalize(capture(tiny("llama"), capacity=16, entries=("decode",)))
     with pytest.raises(RuntimeError, match="whose weights are float32: load the model in float16"):
         BACKEND.lower(program, "/nonexistent/never-written", target="cpu", dtype="float16", entries=("decode",))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here: a cuda target compiles")
+def test_a_cuda_target_without_a_gpu_is_one_line(tmp_path):
+    with pytest.raises(UsageError, match=r"^--target cuda:sm_90 with --backend triton: .* none; .*--target cpu") as e:
+        BACKEND.lower(None, tmp_path / "a", target="cuda:sm_90")  # refused before the program is read
+    assert "\n" not in str(e.value) and not (tmp_path / "a").exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_cuda_target_for_another_arch_than_this_gpus_is_one_line(tmp_path):
+    major, minor = torch.cuda.get_device_capability(0)
+    other = "sm_80" if (major, minor) != (8, 0) else "sm_90"
+    with pytest.raises(UsageError, match=f"^--target cuda:{other} with --backend triton: AOTInductor compiles for "
+                                         f"this GPU \\(sm_{major}{minor}\\)") as e:
+        BACKEND.lower(None, tmp_path / "a", target=f"cuda:{other}")
+    assert "\n" not in str(e.value)
 
 
 @pytest.mark.slow

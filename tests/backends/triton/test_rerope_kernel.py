@@ -1,4 +1,5 @@
-"""The ReRoPE Triton kernels against ``lcc.rerope_attention``'s reference, plus AOT builds for sm_80 / sm_90.
+"""The remapped-position Triton kernels (ReRoPE, Self-Extend, DCA) against ``lcc.rerope_attention``'s reference,
+plus AOT builds for sm_80 / sm_90.
 
 Without CUDA the kernels run in Triton's interpreter (this directory's conftest sets
 TRITON_INTERPRET=1; so does this module when it is collected first, before triton is imported).
@@ -15,7 +16,7 @@ if not torch.cuda.is_available() and "triton" not in sys.modules:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
-from hypothesis import given, settings  # noqa: E402
+from hypothesis import example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from lcc.ops.attention import attention_reference  # noqa: E402
@@ -132,8 +133,8 @@ _AOT = """
 import json, sys, time
 from lcc.backends.triton import aot, rerope
 for v in rerope.aot_variants():
-    if ("scale_k" in v.name) != v.name.startswith("rerope_decode"):  # each kernel once, both SCALE_K branches
-        continue
+    if v.name.startswith("rerope") and ("scale_k" in v.name) != v.name.startswith("rerope_decode"):
+        continue  # each kernel once, both SCALE_K branches
     t0 = time.perf_counter()
     try:
         c = aot.compile_variant(v, int(sys.argv[1]))
@@ -159,11 +160,11 @@ def test_kernels_compile_ahead_of_time_for_sm80_and_sm90():
     failed = [r for r in records if not r["ok"]]
     assert not failed, "\n".join(f"sm_{r['arch']} {r['kernel']}: {r['error']}" for r in failed)
     assert {(r["kernel"].split("[")[0], r["arch"]) for r in records} == {
-        (k, a) for k in ("rerope_fwd", "rerope_decode_split") for a in (80, 90)}
+        (k, a) for k in ("rerope_fwd", "rerope_decode_split", "dca_fwd", "dca_decode_split") for a in (80, 90)}
     assert all(r["ptx"] > 0 and r["cubin"] > 0 for r in records)
 
 
-# --- Self-Extend (Jin et al. 2024) on the same kernels; DCA falls back to the op's chunked path ---
+# --- Self-Extend (Jin et al. 2024) on the same kernels; DCA (An et al. 2024) on its own pair ---
 
 
 def check_kind(got, q, k, v, inv_freq, kv_len, window, kind, group, chunk_size=0, tol=2e-5):
@@ -197,15 +198,46 @@ def test_self_extend_decode_kernel_matches_reference(device, valid, pad, window,
     check_kind(got, q, k, v, inv_freq_of(16), kv_len, window, "self-extend", group)
 
 
-def test_dca_on_cuda_runs_the_chunked_path_and_the_kernel_refuses_it(device):
+@settings(max_examples=4, deadline=None)
+@given(sq=st.integers(2, 48), extra=st.integers(0, 12), chunk_size=st.integers(2, 24), local=st.integers(0, 23),
+       gqa=st.sampled_from([1, 3]), seed=st.integers(0, 99))
+@example(sq=48, extra=5, chunk_size=24, local=3, gqa=3, seed=1)  # chunks of 21: keys 0-15 one chunk, 16-31 two
+def test_dca_prefill_kernel_matches_reference(device, sq, extra, chunk_size, local, gqa, seed):
+    """Chunks of 1 to 24 positions against 16-key tiles: tiles inside one chunk (one product, q selected per row)
+    and tiles across chunk boundaries (three, selected per pair), with ragged kv_len."""
+    local %= chunk_size  # 0 <= local window < chunk size
+    sk = sq + extra
+    q, k, v = make_qkv(device, 2, 2 * gqa, 2, sq, sk, 16, seed=seed)
+    kv_len = torch.tensor([sk, sk - extra // 2], device=device) if extra else None
+    got = kernel(q, k, v, None, inv_freq_of(12), 1.0, kv_len, 0.3, local, 0.0, kind="dca", chunk_size=chunk_size,
+                 block_m=16, block_n=16)
+    check_kind(got, q, k, v, inv_freq_of(12), kv_len, local, "dca", 1, chunk_size)
+
+
+@settings(max_examples=4, deadline=None)
+@given(valid=st.integers(1, 70), pad=st.integers(0, 10), chunk_size=st.integers(2, 30), local=st.integers(0, 29),
+       splits=st.integers(1, 4), seed=st.integers(0, 99))
+@example(valid=105, pad=3, chunk_size=30, local=10, splits=2, seed=0)
+def test_dca_decode_kernel_matches_reference(device, valid, pad, chunk_size, local, splits, seed):
+    """One query at the end of each sequence's cache: its key chunks are intra, successive and inter at once.
+    The example's chunks of 20 put keys 80-95 in one successive tile whose query position (104 mod 20 + 20 = 24)
+    differs from the inter-chunk one (30)."""
+    local %= chunk_size
+    q, k, v = make_qkv(device, 2, 4, 2, 1, valid + pad, 16, seed=seed)
+    kv_len = torch.tensor([valid, valid + pad], device=device)
+    got = kernel(q, k, v, None, inv_freq_of(16), 1.0, kv_len, 0.3, local, 0.0, kind="dca", chunk_size=chunk_size,
+                 block_n=16, splits=splits)
+    check_kind(got, q, k, v, inv_freq_of(16), kv_len, local, "dca", 1, chunk_size)
+
+
+@pytest.mark.parametrize("sq", [1, 40])
+def test_dca_bf16_head_dim_64_and_the_op_runs_the_kernel(device, sq):
+    """The op's cuda implementation takes DCA (no fallback to the chunked path), in bf16 at smollm2's head dim."""
     from lcc.backends.triton import rerope as _  # noqa: F401  (registers the cuda implementation)
     from lcc.ops import registry
 
-    q, k, v = make_qkv(device, 1, 2, 1, 30, 30, 16)
-    args = (q, k, v, None, inv_freq_of(16), 1.0, None, 0.3, 2, 0.0, "causal", "dca", 1, 10)
-    assert registry.select("rerope_attention", "auto", "cuda", *args) is None  # so the op runs "chunked"
-    assert registry.select("rerope_attention", "auto", "cuda", *args[:11], "self-extend", 2, 0) is not None
-    with pytest.raises(ValueError, match="dca"):
-        kernel(*args[:11], kind="dca", chunk_size=10)
-    check_kind(torch.ops.lcc.rerope_attention(*args[:11], kind="dca", chunk_size=10), q, k, v, inv_freq_of(16), None,
-               2, "dca", 1, 10)
+    q, k, v = make_qkv(device, 1, 4, 2, sq, 40, 64, dtype=torch.bfloat16, seed=5)
+    args = (q, k, v, None, inv_freq_of(64), 1.0, None, 0.3, 2, 0.0, "causal", "dca", 1, 9)
+    impl = registry.select("rerope_attention", "auto", "cuda", *args)
+    assert impl is not None and impl.source == "lcc.backends.triton.rerope"
+    check_kind(impl.fn(*args), q, k, v, inv_freq_of(64), None, 2, "dca", 1, 9, tol=3e-2)

@@ -1,0 +1,114 @@
+"""Benchmark decode over a quantized KV cache (lcc's Triton ``kvq_decode``) against the bf16 cache.
+
+One query token (B=1, 32 query heads sharing 8 kv heads, head dim 128, bf16 queries) attends
+over a 32k and a 128k cache held as bf16 (``flash_decode``), KIVI int8 / int4 (keys per
+channel, values per token, group 32, 128 recent tokens in fp16) and fp8 e4m3; latency
+(median of ``triton.testing.do_bench``), bytes of cache read per step and GB/s.  The
+quantized parts are filled with random codes and scales: the kernel's work does not depend
+on the values.  The target (the GPU issue): int8 / fp8 decode >= 1.8x lower latency than
+bf16 at the same length, printed as ratios measured in this run.  Exits 0 with
+"skipped: no CUDA" where there is no GPU.  About a minute on an H100.
+
+    python bench/kv_decode.py [--caches 32k,128k] [--out docs/kv-decode.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from attention import bench_ms, parse_length, write_atomic  # noqa: E402  (a sibling bench script)
+
+B, H, HKV, D = 1, 32, 8, 128
+FORMATS = ("int8:group=32,keys=channel,residual=128", "int4:group=32,keys=channel,residual=128",
+           "fp8:group=32,keys=token,residual=128")
+TARGET = 1.8  # int8 / fp8 latency at least this many times lower than bf16
+
+
+def random_parts(fmt, which: str, length: int) -> list[torch.Tensor]:
+    """One layer's K or V parts in ``fmt`` at capacity ``length``, random but finite."""
+    parts = []
+    for name, shape, dtype in fmt.part_specs(which, B, HKV, length, D):
+        if name == "codes":
+            codes = torch.randint(0, 0x70, shape, dtype=torch.uint8, device="cuda")  # 0x7f / 0xff are e4m3 NaN
+            parts.append(codes if dtype == "uint8" else codes.view(torch.float8_e4m3fn))
+        else:
+            parts.append((torch.rand(shape, device="cuda") * 0.1).to(torch.float16))
+    return parts
+
+
+def rows(caches) -> list[tuple]:
+    from lcc.backends.triton.decode import flash_decode
+    from lcc.backends.triton.kv_decode import kvq_decode
+    from lcc.ops.kv_cache import KVQuantFormat
+
+    out = []
+    for L in caches:
+        q = torch.randn(B, H, 1, D, device="cuda", dtype=torch.bfloat16)
+        k, v = (torch.randn(B, HKV, L, D, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+        kv_len = torch.tensor(L, device="cuda")
+        ms = bench_ms(lambda: flash_decode(q, k, v, kv_len, D**-0.5, "causal"))
+        moved = 2 * k.numel() * k.element_size()
+        out.append((L, "bf16", ms, moved, None))
+        base = ms
+        del k, v
+        for spec in FORMATS:
+            fmt = KVQuantFormat.parse(spec)
+            kp, vp = random_parts(fmt, "k", L), random_parts(fmt, "v", L)
+            ms = bench_ms(lambda: kvq_decode(q, kp, vp, kv_len, D**-0.5, "causal", fmt))
+            moved = sum(t.numel() * t.element_size() for t in kp + vp)
+            out.append((L, spec.split(":")[0], ms, moved, None if ms is None or base is None else base / ms))
+            del kp, vp
+        torch.cuda.empty_cache()
+    return out
+
+
+def table(measured) -> str:
+    lines = ["| cache | format | ms | cache bytes read | GB/s | latency vs bf16 |", "|---:|---|---:|---:|---:|---:|"]
+    for L, name, ms, moved, ratio in measured:
+        gbs = "n/a" if ms is None else f"{moved / ms / 1e6:.0f}"
+        lines.append(f"| {L // 1024}k | {name} | {'n/a' if ms is None else f'{ms:.3f}'} | {moved / 2**20:.1f} MiB | "
+                     f"{gbs} | {'' if ratio is None else f'{ratio:.2f}x lower'} |")
+    return "\n".join(lines)
+
+
+def verdicts(measured) -> str:
+    lines = []
+    for L, name, _, _, ratio in measured:
+        if name in ("int8", "fp8"):
+            ok = ratio is not None and ratio >= TARGET
+            lines.append(f"- {name} at {L // 1024}k: {'n/a' if ratio is None else f'{ratio:.2f}x'} lower latency "
+                         f"than bf16 (target >= {TARGET}x): {'met' if ok else 'missed'}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--caches", default="32k,128k")
+    ap.add_argument("--out", help="also write the markdown here")
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("skipped: no CUDA")
+        return 0
+    import triton
+
+    import lcc.backends.triton  # noqa: F401  (registers the kernels)
+
+    torch.manual_seed(0)
+    measured = rows([parse_length(x) for x in args.caches.split(",")])
+    text = (f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}, "
+            f"CUDA {torch.version.cuda}, {datetime.date.today().isoformat()}; B={B} H={H}/{HKV} D={D}, "
+            f"bf16 queries\n\n{table(measured)}\n\n{verdicts(measured)}\n")
+    print(text)
+    if args.out:
+        write_atomic(args.out, text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

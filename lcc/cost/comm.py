@@ -1,0 +1,134 @@
+"""Communication, memory and time per rank of the ``context-parallel`` pass, as sympy formulas of L and N.
+
+A collective over N ranks of a ring (NCCL's and gloo's all-gather) moves (N - 1) / N of the
+gathered bytes into each rank in N - 1 steps: time = bytes_in / link_bandwidth + (N - 1) x
+link_latency (Thakur et al. 2005, ring all-gather).  Prefill all-gathers each layer's K and V
+(every rank receives the other ranks' L (N-1)/N tokens) and the final hidden state; a ring
+attention (Liu et al. 2023) would move the same K/V bytes, overlapped with compute, holding 2 L/N
+tokens instead of L per layer.  Decode all-gathers each layer's partial output and log-sum-exp
+per step.  The link comes from the hardware profile (``[link]``: NVLink for h100 / h200, PCIe
+for cards without it); a profile without one gets :data:`PCIE` for a GPU and :data:`LOOPBACK`
+for the CPU (gloo over TCP loopback; :func:`measure_loopback` measures it, run on 2 ranks).
+Compute per rank is the roofline of its share: linear layers on L/N tokens, attention over 1/N of
+the causal pairs (head-tail balance), at the profile's peak matmul rate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sympy
+
+from lcc.cost.symbols import L
+
+N = sympy.Symbol("N", positive=True, integer=True)  # ranks
+PCIE = ("PCIe Gen4 x16 (assumed)", 25e9, 10e-6)
+LOOPBACK = ("gloo TCP loopback (assumed)", 1e9, 50e-6)
+
+
+@dataclass(frozen=True)
+class Collective:
+    """One kind of collective a context-parallel program issues: bytes into each rank per call, calls per pass."""
+
+    name: str
+    bytes_in: sympy.Expr  # received by one rank per call
+    calls: sympy.Expr  # per prefill (or per decode step)
+    steps: sympy.Expr = N - 1  # ring steps per call (latency terms)
+
+
+def link_of(profile) -> tuple[str, float, float]:
+    """(name, bytes/s per direction, seconds per message) of ``profile``'s link, or the assumed default."""
+    if getattr(profile, "link_bandwidth", 0):
+        return profile.link, profile.link_bandwidth, profile.link_latency
+    return PCIE if profile.kind == "cuda" else LOOPBACK
+
+
+def kv_bytes_per_token(spec, itemsize: int, batch: int = 1) -> int:
+    """K and V of one token in one layer."""
+    return batch * spec.kv_heads * 2 * spec.head_dim * itemsize
+
+
+def prefill_collectives(spec, itemsize: int, batch: int = 1) -> list[Collective]:
+    """All-gather of K and V per layer, and of the last hidden state before the LM head."""
+    share = L * (N - 1) / N
+    return [Collective("all-gather K/V", share * kv_bytes_per_token(spec, itemsize, batch), spec.layers),
+            Collective("all-gather hidden", share * batch * spec.hidden * itemsize, 1)]
+
+
+def decode_collectives(spec, batch: int = 1) -> list[Collective]:
+    """Per decode step: every layer all-gathers its partial output and log-sum-exp (fp32) of one token."""
+    per_rank = batch * spec.heads * (spec.head_dim + 1) * 4
+    return [Collective("all-gather partial out + lse", (N - 1) * per_rank, spec.layers)]
+
+
+def total_bytes(collectives: list[Collective]) -> sympy.Expr:
+    return sympy.simplify(sum(c.bytes_in * c.calls for c in collectives))
+
+
+def comm_time(collectives: list[Collective], profile) -> sympy.Expr:
+    """Seconds one rank spends in these collectives (not overlapped with compute)."""
+    _, bandwidth, latency = link_of(profile)
+    return sum(c.calls * (c.bytes_in / bandwidth + c.steps * latency) for c in collectives)
+
+
+def memory_per_rank(spec, itemsize: int, weight_itemsize: int | None = None, batch: int = 1) -> dict:
+    """Bytes held per rank: its cache share (L/N tokens + 4 slots, each with an int64 position code), the
+    gathered K/V of one layer during prefill, and the whole weights (replicated)."""
+    cache = spec.layers * (L / N + 4) * (kv_bytes_per_token(spec, itemsize, batch) + 8 * batch)
+    gathered = L * kv_bytes_per_token(spec, itemsize, batch)
+    weights = spec.params * (weight_itemsize or itemsize)
+    return {"cache": cache, "gathered": gathered, "weights": weights, "total": cache + gathered + weights}
+
+
+def prefill_flops_per_rank(spec, batch: int = 1) -> sympy.Expr:
+    """Linear layers on L/N tokens (2 x params per token) plus 1/N of the causal attention pairs."""
+    attention = spec.layers * spec.heads * 4 * spec.head_dim * L * (L + 1) / 2
+    return batch * (2 * spec.params * L + attention) / N
+
+
+def predict_prefill(spec, length: int, ranks: int, profile, dtype: str = "bfloat16") -> dict:
+    """Per-rank figures of a ``length``-token prefill on ``ranks`` devices of ``profile``: seconds of compute
+    and of communication, the communication share, bytes received and held."""
+    import torch
+
+    itemsize = getattr(torch, dtype).itemsize
+    at = {L: length, N: ranks}
+    colls = prefill_collectives(spec, itemsize)
+    compute = float(prefill_flops_per_rank(spec).subs(at)) / profile.peak_flops("matmul", dtype)
+    comm = float(comm_time(colls, profile).subs(at)) if ranks > 1 else 0.0
+    memory = {k: float(sympy.sympify(v).subs(at)) for k, v in memory_per_rank(spec, itemsize).items()}
+    if ranks == 1:  # one device: the plain cache, nothing gathered
+        memory["cache"] = spec.layers * length * kv_bytes_per_token(spec, itemsize)
+        memory["gathered"] = 0.0
+        memory["total"] = memory["cache"] + memory["weights"]
+    return {"ranks": ranks, "length": length, "compute_s": compute, "comm_s": comm, "time_s": compute + comm,
+            "comm_share": comm / (compute + comm), "bytes_in": float(total_bytes(colls).subs(at)) if ranks > 1 else 0.0,
+            "memory": memory, "link": link_of(profile)[0]}
+
+
+def measure_loopback(mbytes: int = 64) -> float:
+    """Bytes/s into one rank of an all-gather of ``mbytes`` MB per rank, best of 3; run it in each rank of a
+    process group (``lcc.distributed.launch.launch(2, measure_loopback)`` gives the CPU's loopback link)."""
+    import time
+
+    import torch
+    import torch.distributed as dist
+
+    x = torch.ones(mbytes * 2**20 // 4)
+    out = torch.empty(dist.get_world_size() * x.numel())
+    best = float("inf")
+    for _ in range(3):
+        dist.barrier()
+        start = time.perf_counter()
+        dist.all_gather_into_tensor(out, x)
+        best = min(best, time.perf_counter() - start)
+    return (dist.get_world_size() - 1) * x.numel() * 4 / best
+
+
+def ranks_needed(spec, length: int, profile, dtype: str = "bfloat16", most: int = 1024) -> int | None:
+    """The fewest ranks whose per-rank memory (:func:`memory_per_rank`) fits ``profile``'s device at ``length``
+    tokens (1 when one device holds it; None when even ``most`` do not): what ``lcc plan --devices`` proposes."""
+    for n in range(1, most + 1):
+        if predict_prefill(spec, length, n, profile, dtype)["memory"]["total"] <= profile.memory_bytes:
+            return n
+    return None
