@@ -100,9 +100,15 @@ def _check_lowered(backend, out_dir, manifest, program, checked: Checked, floor:
     ids = checked.ids
     names = [n for n in ("prefill_logits", "prefill") if n in program.entries and n in loaded.entries]
     dev = device_of(loaded)  # a torch artifact for a cuda target loads onto the GPU; other backends move inputs
-    with torch.inference_mode():  # prefill last: its logits give top-1
-        got = {n: torch.as_tensor(loaded.entries[n](ids.to(dev), *program.cache.empty(dev))[0]).float().cpu()
-               for n in names}
+    if any(str(p).startswith("context-parallel") for p in program.passes):  # it runs in its N ranks
+        from lcc.distributed.launch import ranks_of, run_entry
+
+        ranks = ranks_of(program.passes)
+        got = {n: run_entry(loaded, n, ids, ranks=ranks, cache_layout=program.cache)[0].float() for n in names}
+    else:
+        with torch.inference_mode():  # prefill last: its logits give top-1
+            got = {n: torch.as_tensor(loaded.entries[n](ids.to(dev), *program.cache.empty(dev))[0]).float().cpu()
+                   for n in names}
     logits = checked.last.logits.unsqueeze(0)  # [1, S, V]: every position (prefill_logits), the last (prefill)
     want = {n: logits if n == "prefill_logits" else logits[:, -1:] for n in names}
     result = _lowered_verdict(backend, got, want, floor)

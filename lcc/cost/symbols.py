@@ -60,8 +60,15 @@ def compile_expr(expr):
     if expr.is_number:
         value = float(expr)
         return lambda *_: value
-    return sympy.lambdify(SYMBOLS, expr, modules=[{"floor": math.floor, "ceiling": math.ceil, "Min": min,
-                                                   "Max": max}, "math"])
+    return sympy.lambdify(SYMBOLS, expr, modules=[{**_TORCH_INTEGER_FUNCTIONS, "floor": math.floor,
+                                                   "ceiling": math.ceil, "Min": min, "Max": max}, "math"])
+
+
+# the integer functions torch.export's symbolic shapes write (a context-parallel cache holds ceil(C / N) slots)
+_TORCH_INTEGER_FUNCTIONS = {"FloorDiv": lambda a, b: math.floor(a / b), "CleanDiv": lambda a, b: math.floor(a / b),
+                            "CeilDiv": lambda a, b: math.ceil(a / b), "IntTrueDiv": lambda a, b: a / b,
+                            "FloorToInt": math.floor, "CeilToInt": math.ceil, "PythonMod": lambda a, b: a % b,
+                            "Mod": lambda a, b: a % b, "PowByNatural": lambda a, b: a ** b}
 
 
 def pretty(expr, digits: int = 4) -> str:

@@ -196,17 +196,21 @@ def entry_logits(program, ids, prompt: int, *, ranks: int | None = None, timeout
     return launch(ranks, run_entry_logits, program, ids, prompt, timeout_s=timeout_s)
 
 
-def _run_entry(program, entry: str, inputs: tuple):
+def _run_entry(program, entry: str, inputs: tuple, layout=None):
     import torch
 
     from lcc.runtime import empty_cache
 
+    layout = layout or program.cache
     with torch.inference_mode():
-        out = program.entries[entry](*inputs, *empty_cache(program.cache, "cpu"))
-    return tuple(out[:len(out) - len(program.cache.shapes())])
+        out = program.entries[entry](*inputs, *empty_cache(layout, "cpu"))
+    return tuple(out[:len(out) - len(layout.shapes())])
 
 
-def run_entry(program, entry: str, *inputs, timeout_s: float = TIMEOUT_S) -> tuple:
+def run_entry(program, entry: str, *inputs, ranks: int | None = None, cache_layout=None,
+              timeout_s: float = TIMEOUT_S) -> tuple:
     """The outputs of ``entry(*inputs, *empty cache)`` other than the cache, run in the context-parallel
-    program's ranks (rank 0's; every rank returns the same): what ``lcc diff`` reads of each stage."""
-    return launch(program_ranks(program), _run_entry, program, entry, inputs, timeout_s=timeout_s)
+    program's ranks (rank 0's; every rank returns the same): what ``lcc diff`` reads of each stage, and what
+    ``lcc compile`` checks a lowered artifact by (a loaded artifact: give ``ranks`` and its ``cache_layout``).what ``lcc diff`` reads of each stage."""
+    return launch(ranks or program_ranks(program), _run_entry, program, entry, inputs, cache_layout,
+                  timeout_s=timeout_s)

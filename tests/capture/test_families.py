@@ -131,3 +131,26 @@ def test_a_family_without_the_attention_interface_exits_2_in_one_line(tmp_path, 
     assert len(err.splitlines()) == 1
     assert "stablelm is not supported: its attention (StableLmForCausalLM) does not go through transformers' " \
            "AttentionInterface" in err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family,backend", [("gemma2", "onnx"), ("gemma3", "onnx"), ("gemma3", "torch")])
+def test_compiled_gemma_decodes_hf_eager_tokens_past_its_local_window(family, backend, tiny, tmp_path):
+    """The compiled artifact (its own lowered check passed) greedy-decodes HF eager's 30 tokens after a 20-token
+    prompt, past the 16-token local window; the ONNX artifact of Gemma 2 runs its soft-capped attention as the
+    op's reference (recorded), Gemma 3's has no fallback."""
+    from lcc.capture.program import CacheLayout
+    from lcc.compile import compile_model, load_artifact
+    from lcc.passes import parse_pass
+
+    loaded = tiny(family)
+    result = compile_model(loaded, 64, backend, [parse_pass("flash")], tmp_path / "out")
+    assert result.report["lowered"]["ok"]
+    manifest, runnable, _ = load_artifact(result.out)
+    if backend == "onnx":
+        assert bool(manifest.lowering["fallbacks"]) == (family == "gemma2")
+    prompt = torch.randint(0, 256, (1, 20), generator=torch.Generator().manual_seed(2))
+    with hf_eager(loaded.model) as model:
+        want = model.generate(prompt, max_new_tokens=30, do_sample=False, eos_token_id=None,
+                              pad_token_id=0, min_new_tokens=30)[0, 20:].tolist()
+    assert generate_ids(runnable, prompt, 30, cache_layout=CacheLayout.from_dict(manifest.cache)) == want

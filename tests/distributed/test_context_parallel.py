@@ -162,3 +162,21 @@ def test_smollm2_prefill_4k_on_two_ranks(smollm2):
     got, got_tokens = launch(2, greedy_logits, apply_passes(plain, ["context-parallel:ranks=2"]), x, 32)
     assert (got - want).abs().max() <= tol(want)
     assert got_tokens == want_tokens
+
+
+def test_a_compiled_context_parallel_artifact_checks_and_runs_on_its_ranks(tiny, tmp_path):
+    """``lcc compile`` of a context-parallel plan: its lowered check runs the artifact in its 2 ranks, and the
+    artifact's greedy tokens (through the launcher ``lcc run`` uses) are the single-process program's."""
+    from lcc.capture.program import CacheLayout
+    from lcc.compile import compile_model, load_artifact
+    from lcc.distributed.launch import generate
+    from lcc.passes import parse_pass
+
+    loaded = tiny("llama")
+    result = compile_model(loaded, 64, "torch", [parse_pass("flash"), parse_pass("context-parallel:ranks=2")],
+                           tmp_path / "out")
+    assert result.report["lowered"]["ok"]
+    manifest, runnable, _ = load_artifact(result.out)
+    prompt = ids(PROMPT)
+    want = generate_ids(canonicalize(capture(loaded, 64, entries=ENTRIES)), prompt, STEPS)
+    assert generate(runnable, prompt, STEPS, ranks=2, cache_layout=CacheLayout.from_dict(manifest.cache)) == want
