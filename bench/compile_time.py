@@ -55,7 +55,9 @@ def cache_parts(out: Path, cached_out: Path, target_len: int) -> tuple[dict, dic
 
     passes = None if planned else [parse_pass(p) for p in m.plan["passes"]]
     t0 = time.perf_counter()
-    inputs = cache_inputs(m.weights_hash, m.model_id, target_len, m.backend, passes, m.plan["device"])
+    # the inputs `lcc compile` itself keys by (no --kv-cache-dtype given: None; the manifest's dtype and target)
+    inputs = cache_inputs(m.weights_hash, m.model_id, target_len, m.backend, passes, m.plan["device"], m.dtype,
+                          None, m.target)
     parts = {"key": time.perf_counter() - t0}
     compile_cache.store(compile_cache.key_of(inputs), inputs, out)
     entry = compile_cache.root() / compile_cache.key_of(inputs)
