@@ -10,6 +10,7 @@ from typing import Optional
 
 import typer
 
+from lcc.distributed import is_context_parallel
 from lcc.errors import CheckFailed, RunFailed, UsageError
 from lcc.ui import err, human_bytes, out, status, table as make_table
 
@@ -129,7 +130,7 @@ def run(model: str = typer.Argument(..., help="preset, HF directory, .gguf file,
         program = canonicalize(capture(loaded, capacity, cache_dtype=cache_dtype))
         program = apply_passes(program, specs)
     with status("generating"):
-        if any(spec.name == "context-parallel" for spec in specs):  # N ranks forked from here (gloo / NCCL)
+        if is_context_parallel(specs):  # N ranks forked from here (gloo / NCCL)
             from lcc.distributed.launch import generate as cp_generate
 
             new = cp_generate(program, ids, max_new_tokens, stop=eos_ids(loaded.model))
@@ -202,9 +203,9 @@ def _run_artifact(path, prompt: str, max_new_tokens: int, specs, trust_native: b
         raise UsageError("the prompt is empty: give --prompt with some text")
     eos = tokenizer.eos_token_id
     stop, layout = {eos} if eos is not None else set(), CacheLayout.from_dict(manifest["cache"])
-    passes = [str(p) for p in manifest["plan"].get("passes") or ()]
+    passes = manifest["plan"].get("passes")
     with status("generating"):
-        if any(p.startswith("context-parallel") for p in passes):  # runs on the N ranks its pass fixed
+        if is_context_parallel(passes):  # runs on the N ranks its pass fixed
             from lcc.distributed.launch import generate as cp_generate, ranks_of
 
             new = cp_generate(runnable, ids, max_new_tokens, stop=stop, ranks=ranks_of(passes), cache_layout=layout,

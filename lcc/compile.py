@@ -25,6 +25,7 @@ from lcc.artifact import Manifest, entry_signatures
 from lcc.backends import check_dtype, get_backend
 from lcc.capture import capture
 from lcc.diff import Checked, check_stages, logit_limit
+from lcc.distributed import is_context_parallel
 from lcc.errors import CheckFailed, UsageError
 from lcc.models.loader import LoadedModel
 from lcc.outdir import check_out, install, make_tmp
@@ -100,7 +101,7 @@ def _check_lowered(backend, out_dir, manifest, program, checked: Checked, floor:
     ids = checked.ids
     names = [n for n in ("prefill_logits", "prefill") if n in program.entries and n in loaded.entries]
     dev = device_of(loaded)  # a torch artifact for a cuda target loads onto the GPU; other backends move inputs
-    if any(str(p).startswith("context-parallel") for p in program.passes):  # it runs in its N ranks
+    if is_context_parallel(program.passes):  # it runs in its N ranks
         from lcc.distributed.launch import ranks_of, run_entry
 
         ranks = ranks_of(program.passes)

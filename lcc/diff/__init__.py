@@ -18,6 +18,7 @@ import torch
 
 from lcc.capture.export import capture
 from lcc.capture.program import Program
+from lcc.distributed import is_context_parallel
 from lcc.models.loader import LoadedModel
 from lcc.passes import apply_passes, canonicalize, parse_pass
 
@@ -152,7 +153,7 @@ def fp32_oracle(loaded: LoadedModel, ids: torch.Tensor, ref: Outputs | None = No
 
 @torch.inference_mode()
 def program_outputs(program: Program, ids: torch.Tensor) -> Outputs:
-    if any(str(p).startswith("context-parallel") for p in program.passes):  # runs in its N ranks (rank 0's outputs)
+    if is_context_parallel(program.passes):  # runs in its N ranks (rank 0's outputs)
         from lcc.distributed.launch import run_entry
 
         logits, hidden = run_entry(program, "prefill_full", ids)

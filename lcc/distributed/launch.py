@@ -23,11 +23,11 @@ import uuid
 from datetime import timedelta
 from typing import Any, Callable
 
+from lcc.distributed import CP_PASS
 from lcc.errors import RunFailed, UsageError
 
 TIMEOUT_S = 120  # the process group's collective timeout: a silent peer ends the run after this long
 PEER_GRACE_S = 1.0  # a failing rank waits this long before exiting (see _rank_main)
-CP_PASS = "context-parallel"
 
 
 class RankFailed(RunFailed):
