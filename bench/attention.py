@@ -4,7 +4,9 @@ Prefill: forward time and TFLOP/s, B=1, H=32, D=128, bf16, causal, L = 4k..128k;
 window 4096 at 128k; each block-sparse pattern at 64k against FlexAttention built from the
 same predicate; all in the same run.  Decode: one query against a 32k and a 128k cache
 (GQA 32/8), in GB/s of K/V read against the GPU's HBM bandwidth (datasheet, from
-lcc's hardware profile) and the measured copy bandwidth.  FLOPs count 4*D per kept
+lcc's hardware profile) and the measured copy bandwidth; decode times are GPU time from a
+CUDA graph (:func:`graph_ms`: one step's launches cost more host time than its GPU work),
+with the eager per-call latency (``do_bench``) beside them.  FLOPs count 4*D per kept
 (query, key) pair (``lcc.attention``'s cost model).  Prints a markdown table plus the
 issue's targets as ratios (and writes both with ``--out``, a PNG beside it); exits 0 with
 "skipped: no CUDA" where there is no GPU.  About 5 minutes on an H100.
@@ -49,6 +51,49 @@ def bench_ms(fn) -> float | None:
         torch.cuda.empty_cache()
 
 
+def graph_ms(fn, reps: int = 20, trials: int = 10) -> float | None:
+    """Median GPU milliseconds of one fn() with no host overhead: fn replayed from a CUDA graph, L2 flushed first.
+
+    Two graphs of ``reps`` steps each, [flush L2, fn()] and [flush L2]; their replay-time difference / reps.
+    For decode steps, where launching (Python, argument binding, two launches) takes longer than the GPU work,
+    so that ``do_bench`` times the host; a real decode loop replays graphs too.  None if fn cannot be captured.
+    """
+    try:
+        flush = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")  # larger than any L2
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up (compiles) outside the capture, as torch.cuda.graph asks
+            fn()
+        torch.cuda.current_stream().wait_stream(side)
+        torch.cuda.synchronize()
+        graphs = []
+        for with_fn in (True, False):
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                for _ in range(reps):
+                    flush.zero_()
+                    if with_fn:
+                        fn()
+            graphs.append(graph)
+        medians = []
+        for graph in graphs:
+            times = []
+            for _ in range(trials):
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                graph.replay()
+                end.record()
+                end.synchronize()
+                times.append(start.elapsed_time(end))
+            medians.append(sorted(times)[trials // 2])
+        return max(medians[0] - medians[1], 0.0) / reps
+    except (RuntimeError, NotImplementedError, ValueError) as e:
+        print(f"  (CUDA graph: {type(e).__name__}: {str(e).splitlines()[0][:100]})", file=sys.stderr)
+        return None
+    finally:
+        torch.cuda.empty_cache()
+
+
 def sdpa(backend):
     from torch.nn.attention import sdpa_kernel
 
@@ -68,16 +113,19 @@ def flex(mask_mod, L, Lk=None):
     return lambda q, k, v, **kw: compiled(q, k, v, block_mask=block_mask, **kw)
 
 
-def flex_mod(fn, fargs):
-    """A FlexAttention ``mask_mod`` from lcc's portable predicate (operators only, so it traces)."""
-    return lambda b, h, q_idx, kv_idx: fn(q_idx, kv_idx, *fargs)
+def flex_mask_mod(mask: str):
+    """FlexAttention's ``mask_mod(b, h, q_idx, kv_idx)`` for an lcc mask spec: the kind's portable predicate
+    (operators only, so it traces), with queries and keys at the same absolute positions (Sq == Sk)."""
+    from lcc.ops.masks import MaskSpec
+
+    mod = MaskSpec.parse(mask).mask_mod()
+    return lambda b, h, q_idx, kv_idx: mod(q_idx, kv_idx)
 
 
 def sparse_rows(L):
     """Each block-sparse pattern: lcc's block-skipping kernel against FlexAttention on the same predicate."""
     from lcc.backends.triton.attention import flash_attention
-    from lcc.ops.attention import mask_pairs
-    from lcc.ops.sparse_masks import kernel_mod
+    from lcc.ops.masks import mask_pairs
 
     rows = []
     q, k, v = (torch.randn(B, H, L, D, device="cuda", dtype=DTYPE) for _ in range(3))
@@ -85,7 +133,7 @@ def sparse_rows(L):
         flops = 4 * D * B * H * int(mask_pairs(mask, L, L))
         impls = {"lcc triton": lambda: flash_attention(q, k, v, None, D**-0.5, mask)}
         try:
-            flex_fn = flex(flex_mod(*kernel_mod(mask)), L)
+            flex_fn = flex(flex_mask_mod(mask), L)
             impls["flex attention"] = lambda: flex_fn(q, k, v)
         except Exception as e:  # noqa: BLE001  (a baseline that cannot build its mask is reported as n/a)
             print(f"  flex {mask}: {type(e).__name__}: {str(e).splitlines()[0][:100]}", file=sys.stderr)
@@ -102,14 +150,13 @@ def prefill_rows(lengths, window):
     from torch.nn.attention import SDPBackend
 
     from lcc.backends.triton.attention import flash_attention
-    from lcc.ops.attention import mask_pairs
+    from lcc.ops.masks import mask_pairs
 
     rows = []
-    cases = [("causal", L, "causal", lambda b, h, q, kv: q >= kv) for L in lengths]
+    cases = [("causal", L, "causal") for L in lengths]
     sliding = f"sliding:window={window},sinks=0"
-    cases.append((f"sliding w={window}", max(lengths), sliding,
-                   lambda b, h, q, kv: (q >= kv) & (q - kv < window)))
-    for name, L, mask, mask_mod in cases:
+    cases.append((f"sliding w={window}", max(lengths), sliding))
+    for name, L, mask in cases:
         q, k, v = (torch.randn(B, H, L, D, device="cuda", dtype=DTYPE) for _ in range(3))
         pairs = int(mask_pairs(mask, L, L)) if mask == "causal" else \
             int(torch.arange(1, L + 1).clamp(max=window).sum())  # exact; the op's sliding count is a bound
@@ -118,7 +165,7 @@ def prefill_rows(lengths, window):
         if mask == "causal":
             impls["sdpa flash"] = lambda: sdpa(SDPBackend.FLASH_ATTENTION)(q, k, v, is_causal=True)
             impls["sdpa cudnn"] = lambda: sdpa(SDPBackend.CUDNN_ATTENTION)(q, k, v, is_causal=True)
-        flex_fn = flex(mask_mod, L)
+        flex_fn = flex(flex_mask_mod(mask), L)
         impls["flex attention"] = lambda: flex_fn(q, k, v)
         if L <= 16384:  # check the kernel where a dense reference fits
             ref = flex_fn(q, k, v)
@@ -176,14 +223,15 @@ def decode_rows(caches, window):
             "sdpa efficient": lambda: sdpa(SDPBackend.EFFICIENT_ATTENTION)(q, k, v, enable_gqa=True),
         }
         for impl, fn in impls.items():
-            ms = bench_ms(fn)
-            gbs = None if ms is None else moved / ms / 1e6
+            ms, eager = graph_ms(fn), bench_ms(fn)
+            gbs = None if not ms else moved / ms / 1e6
             share = "" if not gbs else f"{100 * gbs / peak:.0f}% of copy" + (f", {100 * gbs / hbm:.0f}% of HBM"
                                                                               if hbm else "")
-            rows.append(("decode causal", L, impl, ms, gbs, f"GB/s ({share})" if gbs else "GB/s"))
-        ms = bench_ms(lambda: flash_decode(q, k, v, None, D**-0.5, f"sliding:window={window},sinks=4"))
+            share += "" if eager is None else f"; eager call {eager:.3f} ms"
+            rows.append(("decode causal", L, impl, ms, gbs, f"GB/s ({share.lstrip('; ')})" if share else "GB/s"))
+        ms = graph_ms(lambda: flash_decode(q, k, v, None, D**-0.5, f"sliding:window={window},sinks=4"))
         moved_w = 2 * min(L, window + 4) * HKV_DECODE * D * k.element_size()
-        rows.append((f"decode sliding w={window}", L, "lcc triton decode", ms, None if ms is None else
+        rows.append((f"decode sliding w={window}", L, "lcc triton decode", ms, None if not ms else
                      moved_w / ms / 1e6, "GB/s"))
     return rows
 

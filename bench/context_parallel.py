@@ -75,12 +75,13 @@ def main() -> None:
     lengths = [parse_length(x) for x in args.lengths.split(",")]
     loaded = load_model(args.model)
     spec = loaded.spec
-    bandwidth = launch(2, comm.measure_loopback)
+    bandwidth, latency = launch(2, comm.measure_loopback)
     cpu = load_profile("cpu")
     threads = torch.get_num_threads()
     one_thread = dataclasses.replace(cpu, matmul={k: v / threads for k, v in cpu.matmul.items()},
-                                     link="gloo loopback (measured)", link_bandwidth=bandwidth, link_latency=50e-6)
-    print(f"{args.model}: gloo loopback all-gather {bandwidth / 1e9:.2f} GB/s into a rank; cpu profile's matmul "
+                                     link="gloo loopback (measured)", link_bandwidth=bandwidth, link_latency=latency)
+    print(f"{args.model}: gloo loopback all-gather {bandwidth / 1e9:.2f} GB/s into a rank, {latency * 1e6:.0f} us per "
+          f"message; cpu profile's matmul "
           f"peak / {threads} threads = {one_thread.peak_flops('matmul', 'float32') / 1e9:.1f} GFLOP/s per rank")
     print("length ranks  prefill_s  predicted_s  comm_s(pred)  cache/rank_MB  rss_growth_MB  peak_rss_MB")
     for length in lengths:

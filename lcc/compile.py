@@ -24,6 +24,7 @@ from lcc import artifact
 from lcc.artifact import Manifest, entry_signatures
 from lcc.backends import check_dtype, get_backend
 from lcc.capture import capture
+from lcc.capture.program import generate_code, graphs_not_run
 from lcc.diff import Checked, check_stages, logit_limit
 from lcc.distributed import is_context_parallel
 from lcc.errors import CheckFailed, UsageError
@@ -258,17 +259,19 @@ def _compile(loaded: LoadedModel, target_len: int, backend, passes: list[PassSpe
         stages.advance("plan")
         captured, canonical = _only(captured, "prefill_full"), _only(canonical, "prefill_full")
     stages.start("check", 3 + len(passes))
-    checked = check_stages(loaded, passes, check_len, progress=lambda s: stages.advance("check", s),
-                           captured=captured, canonical=canonical)
+    with graphs_not_run():  # each stage's graphs get their code when run, not at every copy and pass
+        checked = check_stages(loaded, passes, check_len, progress=lambda s: stages.advance("check", s),
+                               captured=captured, canonical=canonical)
     reports = checked.reports
     failed = [f"{r.name} (max abs logit error {r.vs_prev_max_abs:.2e})" for r in reports if not r.ok]
     if failed:
         raise CheckFailed(f"exact stages out of tolerance on a {min(CHECK_LEN, target_len)}-token sample: "
                           f"{', '.join(failed)}; `lcc diff MODEL --pass ...` shows every stage")
     stages.start("capture", 2 + len(passes))
-    base = canonicalize(capture(loaded, capacity=target_len, entries=ENTRIES, cache_dtype=kv_cache_dtype))
-    stages.advance("capture", "canonical")
-    program = apply_passes(base, passes, on_stage=lambda p: stages.advance("capture", p.stage))
+    with graphs_not_run():  # only the last stage is exported: its code is generated once, below
+        base = canonicalize(capture(loaded, capacity=target_len, entries=ENTRIES, cache_dtype=kv_cache_dtype))
+        stages.advance("capture", "canonical")
+        program = generate_code(apply_passes(base, passes, on_stage=lambda p: stages.advance("capture", p.stage)))
     stages.advance("capture", "cost")
     tmp = make_tmp(out)
     try:

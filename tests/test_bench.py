@@ -1,5 +1,9 @@
-"""Benchmark scripts that need a GPU run to a clean skip without one (CI has none)."""
+"""Benchmark scripts that need a GPU: a clean skip without one (CI has none), and their CPU-reachable parts
+(lcc imports, FlexAttention masks, quantized caches) checked against lcc's current API."""
 
+import ast
+import importlib
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -33,3 +37,59 @@ def test_gpu_script_sections_name_existing_scripts():
     scripts = {line.split()[4] for line in r.stdout.splitlines() if "(pending" not in line}
     assert scripts and all((ROOT / s).is_file() for s in scripts)
     assert {"attention", "triton-e2e", "rope-128k"} <= {line.split()[0] for line in r.stdout.splitlines()}
+
+
+def _bench_module(name):
+    """A bench script imported as a module (its sibling imports resolve as when it runs)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (ROOT / "bench").glob("*.py")))
+def test_bench_scripts_import_only_lcc_names_that_exist(script):
+    """Every ``from lcc... import name`` in a bench script (function bodies included, which only run on a GPU)
+    resolves, so renaming something in lcc breaks this test rather than a lent GPU's run."""
+    tree = ast.parse((ROOT / "bench" / script).read_text())
+    missing = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module.split(".")[0] == "lcc":
+            module = importlib.import_module(node.module)
+            missing += [f"{node.module}.{a.name} (line {node.lineno})" for a in node.names
+                        if not hasattr(module, a.name) and importlib.util.find_spec(f"{node.module}.{a.name}") is None]
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.split(".")[0] == "lcc" and importlib.util.find_spec(a.name) is None:
+                    missing.append(f"{a.name} (line {node.lineno})")
+    assert not missing, f"{script} imports names lcc no longer has: {missing}"
+
+
+@pytest.mark.parametrize("mask", ["causal", "sliding:window=300,sinks=0", *_bench_module("attention").PATTERNS])
+def test_attention_bench_flex_masks_match_lcc_masks(mask):
+    """The FlexAttention baselines' block masks (built on CPU here, by FlexAttention itself from the bench's
+    ``mask_mod``) keep exactly the 128 x 128 blocks where lcc's dense mask keeps a pair."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    from lcc.ops.masks import dense_mask, mask_pairs
+
+    bench, L = _bench_module("attention"), 2048
+    block_mask = create_block_mask(bench.flex_mask_mod(mask), None, None, L, L, device="cpu", _compile=False)
+    want = dense_mask(mask, L, L).reshape(L // 128, 128, L // 128, 128).any(3).any(1)
+    assert torch.equal(block_mask.to_dense()[0, 0].bool(), want)
+    assert int(mask_pairs(mask, L, L)) >= int(dense_mask(mask, L, L).sum()) > 0  # the FLOP count's pairs
+
+
+def test_kv_decode_bench_builds_caches_the_reference_reads():
+    """bench/kv_decode.py's random quantized parts fit the current format API: the reference decodes them to
+    finite values (fp8 codes avoid the NaN bytes)."""
+    from lcc.ops.kv_cache import KVQuantFormat, attention_kvq_reference
+
+    bench = _bench_module("kv_decode")
+    q = torch.randn(bench.B, bench.H, 1, bench.D)
+    for spec in bench.FORMATS:
+        fmt = KVQuantFormat.parse(spec)
+        kp, vp = (bench.random_parts(fmt, which, 256, device="cpu") for which in ("k", "v"))
+        out = attention_kvq_reference(q, kp, vp, torch.tensor(200), bench.D**-0.5, "causal", fmt)
+        assert out.shape == q.shape and torch.isfinite(out).all(), spec

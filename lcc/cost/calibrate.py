@@ -2,8 +2,10 @@
 
 The CPU is timed with torch at its current thread count, best of several repeats (the
 machine may be shared: the best run is the closest to what it can do); a CUDA device,
-when present, is timed the same way for float32, bfloat16 and float16 matmuls.  Profiles
-are written to ``~/.cache/lcc/profiles/{cpu,gpu}.toml``.
+when present, is timed the same way for float32, bfloat16 and float16 matmuls.  The CPU's
+link is the gloo loopback between two local ranks (:func:`lcc.cost.comm.measure_loopback`:
+all-gather bandwidth and per-message latency), what context-parallel runs on this machine use.
+Profiles are written to ``~/.cache/lcc/profiles/{cpu,gpu}.toml``.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import os
 import platform
 import time
+from dataclasses import replace
 
 import torch
 
@@ -97,9 +100,28 @@ def calibrate_cuda(quick: bool = False) -> Profile:
                   "method": METHOD})
 
 
-def calibrate(save: bool = True, quick: bool = False) -> list[Profile]:
-    """Measure the CPU (and the CUDA device if there is one); save each as a profile; return them."""
-    profiles = [calibrate_cpu(quick)]
+def with_loopback(profile: Profile, quick: bool = False) -> Profile:
+    """``profile`` with its link measured: gloo all-gathers between 2 local ranks (16 / 64 MiB per rank for
+    the bandwidth, one float for the latency).  A machine where the ranks cannot start keeps the assumed
+    link (:data:`lcc.cost.comm.LOOPBACK`), and ``measured["link"]`` says why."""
+    from lcc.cost.comm import measure_loopback
+    from lcc.distributed.launch import launch, under_torchrun
+
+    if under_torchrun():  # a rank of a running group: its launcher's ranks are not ours to start
+        return replace(profile, measured={**profile.measured, "link": "not measured: inside a torchrun rank"})
+    try:
+        bandwidth, latency = launch(2, measure_loopback, 16 if quick else 64, timeout_s=60)
+    except Exception as e:  # noqa: BLE001  (recorded, not silent: the profile says the link is assumed)
+        return replace(profile, measured={**profile.measured, "link": f"not measured: {type(e).__name__}"})
+    return replace(profile, link="gloo TCP loopback, 2 local ranks (measured)", link_bandwidth=bandwidth,
+                   link_latency=latency)
+
+
+def calibrate(save: bool = True, quick: bool = False, link: bool = True) -> list[Profile]:
+    """Measure the CPU, with its loopback link unless ``link`` is False (and the CUDA device if there is one);
+    save each as a profile; return them."""
+    cpu = calibrate_cpu(quick)
+    profiles = [with_loopback(cpu, quick) if link else cpu]
     if torch.cuda.is_available():
         profiles.append(calibrate_cuda(quick))
     if save:
@@ -119,11 +141,13 @@ def calibrate_isolated(quick: bool = False) -> list[Profile]:
     changed for the rest of the process: on this project's 2-core machine a first ``lcc compile`` then
     saw smollm2's captured program differ from HF eager by 9e-3 in the logits (0 without it; the cause
     inside torch / the BLAS was not found). A child process cannot leave anything behind.
+    The link is not measured here (starting two ranks takes seconds, tens of them on a loaded machine): the
+    profile keeps the assumed loopback until `lcc calibrate` measures it.
     """
     import subprocess
     import sys
 
-    code = f"from lcc.cost.calibrate import calibrate; calibrate(save=True, quick={bool(quick)})"
+    code = f"from lcc.cost.calibrate import calibrate; calibrate(save=True, quick={bool(quick)}, link=False)"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if r.returncode != 0:
         raise RuntimeError(f"calibration failed: {(r.stderr.strip().splitlines() or ['?'])[-1]}")

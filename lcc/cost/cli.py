@@ -53,14 +53,14 @@ def _check_png(path: Optional[str]) -> None:
         check_output_file(path, "--plot", ".png")
 
 
-def _program(model: str):
+def _program(model: str, dtype: str = "float32"):
     from lcc.capture import capture
     from lcc.cost.planner import CAPTURE_CAPACITY
     from lcc.models import load_model
     from lcc.passes import canonicalize
 
     with status(f"loading and capturing {model}"):
-        loaded = load_model(model, weights=False)  # shapes and dtypes are all the cost model reads
+        loaded = load_model(model, dtype, weights=False)  # shapes and dtypes are all the cost model reads
         return loaded, canonicalize(capture(loaded, CAPTURE_CAPACITY, entries=("prefill", "decode")))
 
 
@@ -168,22 +168,36 @@ def plan(model: str = typer.Argument("smollm2-135m", help="preset, HF directory 
          quality: str = typer.Option("balanced", "--quality", help="exact, balanced, retrieval or any (README: "
                                      "Quality levels)"),
          plot: Optional[str] = typer.Option(None, "--plot", help="write the candidates' cost curves to this PNG"),
-         as_json: bool = typer.Option(False, "--json", help='print {"chosen": {...}, "candidates": [...]}')):
-    """Rank candidate pass lists by predicted memory, time and quality risk; pick one (exit 1 if none fits)."""
+         dtype: Optional[str] = typer.Option(None, "--dtype", help="weights, compute and cache dtype priced: fp32 "
+                                             "(default), fp16 or bf16"),
+         devices: Optional[int] = typer.Option(None, "--devices", min=1, help="devices of the profile's kind "
+                                               "available: past one, context parallelism is proposed when one "
+                                               "device cannot hold the target length"),
+         as_json: bool = typer.Option(False, "--json", help='print {"chosen": {...}, "candidates": [...], '
+                                      '"context_parallel": {...}}')):
+    """Rank candidate pass lists by predicted memory, time and quality risk; pick one (exit 1 if none fits).
+
+    When one device cannot hold the target length, say how many devices context parallelism needs and, with
+    --devices, propose it (per-rank memory and time with the communication share)."""
     from lcc.cost.planner import longest_plan, plan as make_plan
     from lcc.lengths import format_length, parse_length
 
+    from lcc.dtypes import parse_dtype
+
     auto = target_len.strip().lower() == "auto"
     n = parse_length(max_len if auto else target_len)
+    dtype = parse_dtype(dtype) or "float32"
     budget = parse_memory(memory) if memory is not None else None
     _check_quality(quality)
     _check_png(plot)
     profile = _profile(_profile_name(profile_name, target, device))
-    loaded, program = _program(model)
+    loaded, program = _program(model, dtype)
     with status("pricing candidates"):
         result = longest_plan(program, n, profile, budget, quality) if auto else \
             make_plan(program, n, profile, budget, quality)
     n = result.target_len
+    cp = _context_parallel(result, program, profile, devices, quality) \
+        if result.chosen is None or (devices or 1) > 1 else None
     if plot:
         from lcc.cost.model import program_cost
         from lcc.cost.plot import plot_cost
@@ -196,7 +210,7 @@ def plan(model: str = typer.Argument("smollm2-135m", help="preset, HF directory 
                 curves[" + ".join(c.passes) or "no passes"] = [pc.evaluate(x, profile) for x in _curve_lengths(n)]
         plot_cost(curves, plot, f"{loaded.spec.model_id}: plan candidates on {profile.name}", result.memory_budget)
     if as_json:
-        print(json.dumps(result.to_dict(), indent=2))
+        print(json.dumps(result.to_dict() | {"context_parallel": cp}, indent=2))
     else:
         rows = table(f"{loaded.spec.model_id} at {format_length(n)} on {profile.name} "
                      f"(budget {human_bytes(result.memory_budget)}, quality {quality})",
@@ -213,13 +227,72 @@ def plan(model: str = typer.Argument("smollm2-135m", help="preset, HF directory 
                          c.risk if c.error is None else f"error: {c.error}", "yes" if c.fits else "no")
         out.print(rows)
         out.print(f"reason: {result.reason}")
-    if result.chosen is None:
+        if cp is not None:
+            _print_context_parallel(cp, profile)
+    if result.chosen is None and not (cp and cp["passes"] and cp["devices"]):  # nothing to run on what is given
         raise typer.Exit(1)
+
+
+# passes after which the cache is still the plain full one lcc.cost.comm prices per rank
+_CP_BASES = ("flash", "attention-chunked", "rope-scaling")
+
+
+def _context_parallel(result, program, profile, devices: Optional[int], quality: str) -> dict:
+    """:func:`lcc.cost.comm.proposal` at the plan's length and budget for the passes to run: the single-device
+    candidate of the best quality (the planner's ranking, as if it fitted) whose cache stays plain, then
+    ``context-parallel:ranks=R``; its activations per rank are that candidate's at ceil(L / N) tokens."""
+    from dataclasses import replace
+
+    from lcc.cost.comm import proposal
+    from lcc.cost.planner import rewritten_cost
+    from lcc.quality.rank import rank
+
+    spec, n = program.spec, result.target_len
+    bases = [replace(c, fits=True) for c in result.candidates if c.error is None
+             and all(p.split(":")[0] in _CP_BASES for p in c.passes)]
+    best = rank(bases, quality, beyond=n > spec.trained_len).ok
+    base = best[0].passes if best else []
+    pc = rewritten_cost(program, base, profile.kind)
+    cp = proposal(spec, n, profile, result.memory_budget, devices, spec.dtype,
+                  activations=lambda r: pc.evaluate(-(-n // r), profile).activations)
+    cp["passes"] = [*base, f"context-parallel:ranks={cp['ranks']}"] if cp["ranks"] and cp["ranks"] > 1 else None
+    return cp
+
+
+def _print_context_parallel(cp: dict, profile) -> None:
+    from lcc.lengths import format_length
+
+    rows = table(f"context parallelism at {format_length(cp['length'])} on {profile.name} "
+                 f"(budget {human_bytes(cp['budget'])} per device)",
+                 ("ranks", "memory/rank", "cache/rank", "gathered K/V", "activations", "weights", "prefill time",
+                  "communication", "received/rank", "fits"), justify="right")
+    for r in cp["per_rank"]:
+        m = r["memory"]
+        rows.add_row(str(r["ranks"]), human_bytes(m["total"]), human_bytes(m["cache"]), human_bytes(m["gathered"]),
+                     human_bytes(m["activations"]), human_bytes(m["weights"]), human_seconds(r["time_s"]),
+                     f"{human_seconds(r['comm_s'])} ({r['comm_share']:.0%})" if r["ranks"] > 1 else "-",
+                     human_bytes(r["bytes_in"]), "yes" if r["fits"] else "no")
+    out.print(rows)
+    needed = cp["ranks_needed"]
+    if needed is None:
+        out.print(f"context parallelism: no count of {profile.name} devices holds {format_length(cp['length'])} "
+                  "tokens (its replicated weights and one layer's gathered K/V alone exceed the budget)")
+    elif cp["passes"] and cp["devices"]:
+        out.print(f"context parallelism: {needed} {profile.name} devices hold {format_length(cp['length'])} tokens; "
+                  f"proposed: {' + '.join(cp['passes'])} (link: {cp['per_rank'][-1]['link']})")
+    elif needed > 1:
+        given = f"more than the {cp['devices']} given" if cp["devices"] else "one is given"
+        out.print(f"context parallelism: {format_length(cp['length'])} tokens need {needed} {profile.name} devices, "
+                  f"{given}: rerun with --devices {needed}")
+    else:
+        out.print(f"context parallelism: not needed, one {profile.name} device holds {format_length(cp['length'])} "
+                  "tokens")
 
 
 def calibrate(quick: bool = typer.Option(False, "--quick", help="smaller, faster measurements"),
               as_json: bool = typer.Option(False, "--json", help="print JSON")):
-    """Measure this machine (CPU, and the CUDA GPU if any) and save the profiles for --device cpu / gpu."""
+    """Measure this machine (CPU with its gloo loopback link, and the CUDA GPU if any) and save the profiles for
+    --profile cpu / gpu."""
     from lcc.cost.calibrate import calibrate as run
     from lcc.cost.hardware import user_dir
 
@@ -231,5 +304,11 @@ def calibrate(quick: bool = typer.Option(False, "--quick", help="smaller, faster
     for p in profiles:
         flops = ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in p.matmul.items())
         out.print(f"{p.name}: {p.description}; matmul {flops}; vector {p.vector['float32'] / 1e9:.2f} G/s; "
-                  f"bandwidth {p.bandwidth / 1e9:.1f} GB/s; memory {human_bytes(p.memory_bytes)} "
+                  f"bandwidth {p.bandwidth / 1e9:.1f} GB/s; memory {human_bytes(p.memory_bytes)}{_link_text(p)} "
                   f"-> {user_dir() / (p.name + '.toml')}")
+
+
+def _link_text(p) -> str:
+    if p.link_bandwidth:
+        return f"; link {p.link}: {p.link_bandwidth / 1e9:.2f} GB/s, {p.link_latency * 1e6:.0f} us per message"
+    return f"; link {p.measured['link']}" if "link" in p.measured else ""

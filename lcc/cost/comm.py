@@ -86,9 +86,10 @@ def prefill_flops_per_rank(spec, batch: int = 1) -> sympy.Expr:
     return batch * (2 * spec.params * L + attention) / N
 
 
-def predict_prefill(spec, length: int, ranks: int, profile, dtype: str = "bfloat16") -> dict:
+def predict_prefill(spec, length: int, ranks: int, profile, dtype: str = "bfloat16", activations: float = 0.0) -> dict:
     """Per-rank figures of a ``length``-token prefill on ``ranks`` devices of ``profile``: seconds of compute
-    and of communication, the communication share, bytes received and held."""
+    and of communication, the communication share, bytes received and held (``activations``: the program's
+    working memory for the rank's share of tokens, added to the total)."""
     import torch
 
     itemsize = getattr(torch, dtype).itemsize
@@ -101,34 +102,72 @@ def predict_prefill(spec, length: int, ranks: int, profile, dtype: str = "bfloat
         memory["cache"] = spec.layers * length * kv_bytes_per_token(spec, itemsize)
         memory["gathered"] = 0.0
         memory["total"] = memory["cache"] + memory["weights"]
+    memory["activations"] = float(activations)
+    memory["total"] += memory["activations"]
     return {"ranks": ranks, "length": length, "compute_s": compute, "comm_s": comm, "time_s": compute + comm,
             "comm_share": comm / (compute + comm), "bytes_in": float(total_bytes(colls).subs(at)) if ranks > 1 else 0.0,
             "memory": memory, "link": link_of(profile)[0]}
 
 
-def measure_loopback(mbytes: int = 64) -> float:
-    """Bytes/s into one rank of an all-gather of ``mbytes`` MB per rank, best of 3; run it in each rank of a
-    process group (``lcc.distributed.launch.launch(2, measure_loopback)`` gives the CPU's loopback link)."""
+def measure_loopback(mbytes: int = 64) -> tuple[float, float]:
+    """(bytes/s into one rank of an all-gather of ``mbytes`` MB per rank, seconds per message of a one-float
+    all-gather), each best of 3 (the latency over its ring steps); run it in each rank of a process group:
+    ``lcc.distributed.launch.launch(2, measure_loopback)`` gives the CPU's loopback link."""
     import time
 
     import torch
     import torch.distributed as dist
 
-    x = torch.ones(mbytes * 2**20 // 4)
-    out = torch.empty(dist.get_world_size() * x.numel())
-    best = float("inf")
-    for _ in range(3):
-        dist.barrier()
-        start = time.perf_counter()
-        dist.all_gather_into_tensor(out, x)
-        best = min(best, time.perf_counter() - start)
-    return (dist.get_world_size() - 1) * x.numel() * 4 / best
+    world = dist.get_world_size()
+
+    def best(x) -> float:
+        out = torch.empty(world * x.numel())
+        seconds = float("inf")
+        for _ in range(3):
+            dist.barrier()
+            start = time.perf_counter()
+            dist.all_gather_single(out, x)
+            seconds = min(seconds, time.perf_counter() - start)
+        return seconds
+
+    big = torch.ones(mbytes * 2**20 // 4)
+    return (world - 1) * big.numel() * 4 / best(big), best(torch.ones(1)) / (world - 1)
 
 
-def ranks_needed(spec, length: int, profile, dtype: str = "bfloat16", most: int = 1024) -> int | None:
-    """The fewest ranks whose per-rank memory (:func:`memory_per_rank`) fits ``profile``'s device at ``length``
-    tokens (1 when one device holds it; None when even ``most`` do not): what ``lcc plan --devices`` proposes."""
-    for n in range(1, most + 1):
-        if predict_prefill(spec, length, n, profile, dtype)["memory"]["total"] <= profile.memory_bytes:
-            return n
-    return None
+def ranks_needed(spec, length: int, profile, dtype: str = "bfloat16", most: int = 1024,
+                 budget: float | None = None, activations=None) -> int | None:
+    """The fewest ranks whose per-rank memory (:func:`memory_per_rank`, plus ``activations(N)`` bytes if given)
+    fits ``budget`` (default: ``profile``'s device memory) at ``length`` tokens: 1 when one device holds it,
+    None when even ``most`` (at most one rank per two tokens, the head-tail split's limit) do not.  Memory per
+    rank falls with N: a bisection."""
+    budget = budget or profile.memory_bytes
+    act = activations or (lambda n: 0.0)
+    fits = lambda n: predict_prefill(spec, length, n, profile, dtype, act(n))["memory"]["total"] <= budget  # noqa: E731
+    most = max(1, min(most, length // 2))
+    if fits(1):
+        return 1
+    if not fits(most):
+        return None
+    low, high = 1, most  # low does not fit, high does
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (low, mid) if fits(mid) else (mid, high)
+    return high
+
+
+def proposal(spec, length: int, profile, budget: float | None = None, devices: int | None = None,
+             dtype: str = "bfloat16", activations=None) -> dict:
+    """What ``lcc plan`` says past one device: the ranks ``length`` tokens need within ``budget`` per device
+    (:func:`ranks_needed`), and :func:`predict_prefill` per rank at 1 rank, at that count and at ``devices``
+    (each with ``fits``).  ``ranks``: the count to run, the fewest that fit, or None when they are more than
+    ``devices`` (or than any count).  ``activations(N)``: the program's working bytes per rank at N ranks."""
+    budget = budget or profile.memory_bytes
+    act = activations or (lambda n: 0.0)
+    needed = ranks_needed(spec, length, profile, dtype, budget=budget, activations=act)
+    rows = []
+    for n in sorted({1, needed or 1, devices or 1}):
+        row = predict_prefill(spec, length, n, profile, dtype, act(n))
+        rows.append(row | {"fits": row["memory"]["total"] <= budget})
+    usable = needed is not None and (devices is None or needed <= devices)
+    return {"length": length, "budget": budget, "devices": devices, "ranks_needed": needed,
+            "ranks": needed if usable else None, "per_rank": rows}

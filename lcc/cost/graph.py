@@ -75,8 +75,7 @@ class EntryCost:
         """[(op, unit, dtype, flops fn, bytes fn, count)]: identical kernels counted once."""
         if not self._groups:
             counts = Counter((n.op, k.unit, k.dtype, k.flops, k.bytes) for n in self.nodes for k in n.kernels)
-            self._groups = [(op, unit, dt, compile_expr(f), compile_expr(b), c)
-                            for (op, unit, dt, f, b), c in counts.items()]
+            self._groups = [(op, unit, dt, _compiled(f), _compiled(b), c) for (op, unit, dt, f, b), c in counts.items()]
         return self._groups
 
     def time(self, profile, L_, K_=None, C_=None, by_op: bool = False):
@@ -89,6 +88,17 @@ class EntryCost:
             total += t
             ops[op] += t
         return (total, dict(ops)) if by_op else total
+
+
+_COMPILED: dict = {}  # expression -> its compile_expr: every candidate the planner prices has the same few kernels
+
+
+def _compiled(expr):
+    if expr not in _COMPILED:
+        if len(_COMPILED) >= 100_000:
+            _COMPILED.clear()
+        _COMPILED[expr] = compile_expr(expr)
+    return _COMPILED[expr]
 
 
 def capacity_dims(capacity: int | None, layout=None) -> dict[int, sympy.Expr]:

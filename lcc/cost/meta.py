@@ -1,10 +1,11 @@
 """Fake-tensor values on every node of an entry graph, propagated again where a pass left gaps.
 
 ``torch.export`` leaves ``meta["val"]`` (fake tensors with SymInt shapes) on every node;
-nodes a pass inserts may lack it, or carry values from another fake mode.  Then a copy of
-the graph is propagated afresh: a new ``ShapeEnv`` with the sequence dim dynamic, the cache
-inputs made from the program's ``CacheLayout``, weights read as constants.  The program's
-own graphs are never changed.
+nodes a pass inserts may lack it, or carry values from another fake mode.  Those nodes are
+given values of the capture's fake mode in place (metadata only: the graph's nodes and code
+stay as they are; copying a 30-layer graph to fill it cost more than pricing it); where that
+fails, a copy of the graph is propagated afresh: a new ``ShapeEnv`` with the sequence dim
+dynamic, the cache inputs made from the program's ``CacheLayout``, weights read as constants.
 """
 
 from __future__ import annotations
@@ -97,22 +98,19 @@ def _fill(new: torch.fx.GraphModule, mode, layout) -> None:
 
 
 def with_values(gm: torch.fx.GraphModule, layout) -> torch.fx.GraphModule:
-    """``gm`` itself when its values are complete, else a copy whose missing values are filled in.
+    """``gm`` with complete values: itself, its missing values filled in in place, or else a propagated copy.
 
     Nodes a pass added (or traced in another fake mode) are run again in the capture's fake
-    mode, in graph order, so their shapes speak the same ``seq`` symbol as the rest; if that
-    fails, the whole copy is propagated afresh.
+    mode, in graph order, so their shapes speak the same ``seq`` symbol as the rest (only
+    ``meta["val"]`` of those nodes changes); if that fails, a copy is propagated afresh.
     """
     if consistent(gm):
         return gm
-    from lcc.capture.program import copy_graph_module
-
     mode = _mode_of(gm)
     if mode is not None:
-        new = copy_graph_module(gm)
         try:
-            _fill(new, mode, layout)
-            return new
+            _fill(gm, mode, layout)
+            return gm
         except Exception:  # fall back to a fresh propagation of everything
             pass
     return _propagate(gm, layout)

@@ -130,6 +130,7 @@ def _forget(pid: int) -> None:
 
 def rewritten_cost(program: Program, passes: list[str], kind: str):
     """The ProgramCost of ``program`` after ``passes`` (memoised: it does not depend on length or profile)."""
+    from lcc.capture.program import graphs_not_run
     from lcc.passes import apply_passes
 
     key = (id(program), tuple(passes), kind)
@@ -139,7 +140,8 @@ def rewritten_cost(program: Program, passes: list[str], kind: str):
             _WATCHED.add(id(program))
         try:
             done = _REWRITTEN.get((id(program), tuple(passes[:-1]))) if len(passes) > 1 else None
-            rewritten = _REWRITTEN[(id(program), tuple(passes))] = apply_passes(program, passes, done=done)
+            with graphs_not_run():  # priced from their graphs, never run: no code generated for them
+                rewritten = _REWRITTEN[(id(program), tuple(passes))] = apply_passes(program, passes, done=done)
             _COSTS[key] = program_cost(rewritten, kind)
         except Exception as e:  # a pass's preconditions refused this program: keep the reason
             _COSTS[key] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]

@@ -166,6 +166,19 @@ def generate(program, ids, max_new_tokens: int, stop=(), *, ranks: int | None = 
                   timeout_s=timeout_s)
 
 
+def _call_on_rank(program, fn: Callable, args: tuple, kwargs: dict, device: str):
+    return fn(_on_rank_device(program, device), *args, **kwargs)
+
+
+def run_program(program, fn: Callable, *args, ranks: int | None = None, device: str = "cpu",
+                timeout_s: float = TIMEOUT_S, **kwargs) -> Any:
+    """``fn(program, *args, **kwargs)`` in the context-parallel ``program``'s ranks (default: its own N), the
+    program on each rank's device; rank 0's result.  Every rank runs the same ``fn``, so the ranks issue the
+    same collectives in the same order: what ``lcc eval`` runs its tasks by."""
+    return launch(ranks or program_ranks(program), _call_on_rank, program, fn, args, kwargs, device, device=device,
+                  timeout_s=timeout_s)
+
+
 def run_entry_logits(program, ids, prompt: int):
     """:func:`entry_logits` in this process (a rank's part of it when the program is context-parallel)."""
     import torch
@@ -211,6 +224,6 @@ def run_entry(program, entry: str, *inputs, ranks: int | None = None, cache_layo
               timeout_s: float = TIMEOUT_S) -> tuple:
     """The outputs of ``entry(*inputs, *empty cache)`` other than the cache, run in the context-parallel
     program's ranks (rank 0's; every rank returns the same): what ``lcc diff`` reads of each stage, and what
-    ``lcc compile`` checks a lowered artifact by (a loaded artifact: give ``ranks`` and its ``cache_layout``).what ``lcc diff`` reads of each stage."""
+    ``lcc compile`` checks a lowered artifact by (a loaded artifact: give ``ranks`` and its ``cache_layout``)."""
     return launch(ranks or program_ranks(program), _run_entry, program, entry, inputs, cache_layout,
                   timeout_s=timeout_s)

@@ -31,6 +31,15 @@ def test_calibrate_writes_a_cpu_profile_that_load_profile_reads(tmp_path, monkey
     again = load_profile("cpu")
     assert again.kind == "cpu" and again.matmul["float32"] == pytest.approx(cpu.matmul["float32"], rel=1e-5)
     assert cpu.matmul["float32"] > 1e8 and cpu.bandwidth > 1e8 and cpu.memory_bytes > 2**30
+    # the gloo loopback link between 2 local ranks is measured, written and read back ...
+    assert "measured" in again.link and again.link_bandwidth == pytest.approx(cpu.link_bandwidth, rel=1e-5)
+    assert again.link_bandwidth > 1e6 and 0 < again.link_latency < 1
+    # ... and prices the CPU's collectives: the ring all-gather time of one K/V exchange by hand
+    from lcc.cost import comm
+
+    kv = comm.Collective("kv", comm.L * (comm.N - 1) / comm.N * 1024, 3)
+    want = 3 * (4096 * 1 / 2 * 1024 / again.link_bandwidth + 1 * again.link_latency)
+    assert float(comm.comm_time([kv], again).subs({comm.L: 4096, comm.N: 2})) == pytest.approx(want, rel=1e-9)
 
 
 def test_a_cpu_profile_from_an_older_calibration_is_measured_again(tmp_path, monkeypatch):

@@ -147,9 +147,18 @@ def kernel_constexprs(fmt: KVQuantFormat, head_dim: int, group: int, sliding: bo
                 PREC=dot_precision(dtype))
 
 
-def config() -> dict:
-    """Key tile and launch shape of :func:`kvq_split` (the split count is :func:`num_splits`'s)."""
-    return dict(block_n=64, num_warps=2, num_stages=3)
+def config(head_dim: int) -> dict:
+    """Key tile and launch shape of :func:`kvq_split` (the split count is :func:`num_splits`'s).
+
+    Chosen by the registers of the sm_90 build (``aot_compile``'s ``stack``: bytes per thread spilled to
+    local memory): dequantized [BLOCK_N, D] fp32 tiles of codes, scales and zeros are live together, and
+    the former 64-key tile with 2 warps spilled 6 KiB per thread at D=128 (int8), which made every
+    quantized format slower than the bf16 cache on an H200.  Now D=128 spills nothing (int8, int4, fp8)
+    and D=64 nothing for int8 / int4 (fp8: 32 bytes).  Not yet timed on a GPU.
+    """
+    if head_dim >= 128:
+        return dict(block_n=16, num_warps=4, num_stages=3)
+    return dict(block_n=32, num_warps=2, num_stages=3)
 
 
 def num_splits(batch_kv_heads: int, cached: int, block_n: int, device) -> int:
@@ -184,7 +193,7 @@ def kvq_decode(q, k_parts, v_parts, kv_len, scale, mask="causal", fmt="int4", sp
     if kc.dtype == torch.float8_e4m3fn:
         kc, vc = kc.view(torch.uint8), vc.view(torch.uint8)
     q = q if q.stride(-1) == 1 else q.contiguous()
-    group, cfg = Hq // Hkv, config()
+    group, cfg = Hq // Hkv, config(D)
     block_n = block_n or cfg["block_n"]
     splits = splits or num_splits(B * Hkv, C, block_n, q.device)
     mid_o = torch.empty(B, Hq, splits, D, dtype=torch.float32, device=q.device)
@@ -220,11 +229,12 @@ AOT_FORMATS = ("int4:group=32,keys=channel,residual=128", "int2:group=32,keys=ch
 
 def aot_variants(arch: int, quick: bool = False):
     """(name, kernel, signature, constexprs, options) to compile ahead of time for sm_<arch>."""
-    out, cfg = [], config()  # the splits are merged by decode's merge kernel, compiled with decode's variants
+    out = []  # the splits are merged by decode's merge kernel, compiled with decode's variants
     shapes = ((64, False), (128, True))
     for fmt in AOT_FORMATS[1::2] if quick else AOT_FORMATS:
         f = KVQuantFormat.parse(fmt)
         for head_dim, sliding in shapes[f.kind == "fp8":][:1] if quick else shapes:
+            cfg = config(head_dim)
             cx = kernel_constexprs(f, head_dim, 3, sliding, cfg["block_n"], fp8_native=arch >= 89)
             sig = {a: "i32" for a in kvq_split.arg_names if a not in cx}
             sig.update({"Q": "*fp32", "KC": "*u8", "VC": "*u8", "KS": "*fp16", "KZ": "*fp16", "KR": "*fp16",
@@ -234,6 +244,26 @@ def aot_variants(arch: int, quick: bool = False):
             out.append((f"kvq_split[{f},d={head_dim},{'sliding' if sliding else 'causal'}]", kvq_split, sig, cx,
                         dict(num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])))
     return out
+
+
+def resource_usage(cubin: bytes) -> dict:
+    """{"registers", "stack"} per thread of a cubin's kernel (``cuobjdump``, shipped with Triton's CUDA backend;
+    stack > 0: registers spilled to local memory), or {} where cuobjdump is not there."""
+    import os
+    import re
+    import subprocess
+    import tempfile
+
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    if not os.path.isfile(tool):
+        return {}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "kernel.cubin")
+        with open(path, "wb") as f:
+            f.write(cubin)
+        text = subprocess.run([tool, "--dump-resource-usage", path], capture_output=True, text=True).stdout
+    m = re.search(r"REG:(\d+) STACK:(\d+)", text)
+    return dict(registers=int(m[1]), stack=int(m[2])) if m else {}
 
 
 def aot_compile(archs=(80, 90), quick: bool = False) -> list[dict]:
@@ -248,7 +278,7 @@ def aot_compile(archs=(80, 90), quick: bool = False) -> list[dict]:
                 c = triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=cx),
                                    target=GPUTarget("cuda", arch, 32), options=options)
                 records.append(dict(kernel=name, arch=arch, ok=True, cubin=len(c.asm["cubin"]),
-                                    shared=c.metadata.shared))
+                                    shared=c.metadata.shared, **resource_usage(c.asm["cubin"])))
             except Exception as e:  # report every failure
                 records.append(dict(kernel=name, arch=arch, ok=False, error=f"{type(e).__name__}: {e}"[:2000]))
     return records

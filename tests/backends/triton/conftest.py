@@ -36,3 +36,14 @@ def device():
     if reason:
         pytest.skip(reason)
     return "cuda" if CUDA else "cpu"
+
+
+@pytest.fixture(scope="session")
+def compiled_tiny_llama(tiny, tmp_path_factory):
+    """(loaded, CompileResult) of ``lcc compile tiny-llama --target-len 64 --backend triton``, built once: an
+    AOTInductor build is a minute or more of C++ per entry on a 2-core machine, and the artifact tests and the
+    end-to-end test read the same artifact."""
+    from lcc.compile import compile_model
+
+    loaded = tiny("llama")
+    return loaded, compile_model(loaded, 64, "triton", [], tmp_path_factory.mktemp("triton-compiled") / "a")

@@ -17,25 +17,25 @@ from lcc.backends.triton.compile import BACKEND, WEIGHTS
 from lcc.diff import logit_limit
 from lcc.errors import UsageError
 
-ENTRIES = ("prefill", "decode")
+ENTRIES = ("prefill", "decode", "prefill_logits")  # what `lcc compile` lowers
 
 
 @pytest.fixture(scope="module")
-def lowered(tiny, tmp_path_factory):
+def lowered(compiled_tiny_llama):
+    """(loaded, the program it was lowered from, artifact dir, its backend files): the session's compiled tiny-llama
+    (tests/backends/triton/conftest.py), shared with the end-to-end test of test_backend.py."""
     from lcc.capture import capture
     from lcc.passes import canonicalize
 
-    loaded = tiny("llama")
+    loaded, result = compiled_tiny_llama
     program = canonicalize(capture(loaded, capacity=64, entries=ENTRIES))
-    out = tmp_path_factory.mktemp("triton") / "a"
-    result = BACKEND.lower(program, out, target="cpu", entries=ENTRIES)
-    return loaded, program, out, result
+    return loaded, program, result.out, result.manifest["files"]
 
 
 @pytest.mark.slow
 def test_the_weights_are_stored_once_and_the_packages_hold_none(lowered):
-    loaded, _, out, result = lowered
-    assert sorted(result.files) == ["decode.pt2", "prefill.pt2", "triton.json", WEIGHTS]
+    loaded, _, out, files = lowered
+    assert sorted(files) == ["decode.pt2", "prefill.pt2", "prefill_logits.pt2", "triton.json", WEIGHTS]
     assert json.loads((out / "triton.json").read_text())["target"] == "cpu"
     stored = load_weights(out / WEIGHTS)
     hf = dict(loaded.model.named_parameters())

@@ -95,12 +95,9 @@ RUN = textwrap.dedent("""
 
 
 @pytest.mark.slow
-def test_compiled_tiny_llama_reloads_in_a_fresh_process_and_generates_transformers_tokens(tiny, tmp_path):
+def test_compiled_tiny_llama_reloads_in_a_fresh_process_and_generates_transformers_tokens(compiled_tiny_llama):
     """lcc compile --backend triton, then a new process loads the AOTInductor packages and decodes greedily."""
-    from lcc.compile import compile_model
-
-    loaded = tiny("llama")
-    result = compile_model(loaded, 64, "triton", [], tmp_path / "a")
+    loaded, result = compiled_tiny_llama
     lowering = result.manifest["lowering"]
     assert set(lowering["native"]) == {"attention", "rope"} and lowering["fallbacks"] == []
     assert result.report["lowered"]["ok"] and result.report["lowered"]["max_abs"] <= result.report["lowered"]["limit"]
@@ -108,7 +105,7 @@ def test_compiled_tiny_llama_reloads_in_a_fresh_process_and_generates_transforme
     with torch.no_grad():
         want = loaded.model.generate(prompt, max_new_tokens=8, do_sample=False, eos_token_id=None, pad_token_id=0,
                                      attention_mask=torch.ones_like(prompt))[0, 10:].tolist()
-    r = subprocess.run([sys.executable, "-c", RUN, str(tmp_path / "a"), json.dumps(prompt[0].tolist())],
+    r = subprocess.run([sys.executable, "-c", RUN, str(result.out), json.dumps(prompt[0].tolist())],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads(r.stdout.strip().splitlines()[-1]) == want

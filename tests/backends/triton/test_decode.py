@@ -29,6 +29,7 @@ def make_qkv(device, b, hkv, g, sk, d, dtype=torch.float32, seed=0):
 # pinned every run: GQA 3 and 4 with ragged, per-batch cache lengths; a window longer than the cache; zero sinks
 @example(mask="causal", valid=29, pad=11, b=2, hkv=1, g=3, splits=4, per_batch=True, seed=1)
 @example(mask="causal", valid=17, pad=0, b=1, hkv=2, g=1, splits=2, per_batch=False, seed=2)
+@example(mask="causal", valid=9, pad=4, b=1, hkv=2, g=4, splits=3, per_batch=False, seed=6)  # fewer keys than a tile
 @example(mask="sliding:window=120,sinks=0", valid=37, pad=5, b=2, hkv=2, g=3, splits=3, per_batch=True, seed=3)
 @example(mask="sliding:window=9,sinks=0", valid=50, pad=7, b=1, hkv=1, g=4, splits=2, per_batch=False, seed=4)
 @example(mask="sliding:window=11,sinks=3", valid=45, pad=9, b=2, hkv=1, g=3, splits=5, per_batch=True, seed=5)

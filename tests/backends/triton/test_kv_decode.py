@@ -53,6 +53,24 @@ def test_kernel_matches_reference(device, fmt, n, b, g, mask, splits, seed):
     torch.testing.assert_close(got.cpu(), want, atol=2e-5, rtol=2e-5)
 
 
+@pytest.mark.parametrize("fmt", [FORMATS[0], FORMATS[1], FORMATS[3]])
+@pytest.mark.parametrize("n,splits,mask", [(150, 3, "sliding:window=100,sinks=2"), (30, 3, "causal"),
+                                           (200, 0, "causal")])
+def test_split_kv_at_the_launch_config_of_head_dim_128(device, fmt, n, splits, mask):
+    """The tile and warps a D=128 model gets (``config(128)``), the cache split across programs: 150 tokens put a
+    partial chunk last (and a window with sinks cuts the first), 30 leave fewer quantized tokens than one chunk (the other splits get none), 0 takes
+    :func:`num_splits`'s count; each split's partial and log-sum-exp merged must equal the reference."""
+    from lcc.backends.triton.kv_decode import config, kvq_decode, num_splits
+
+    assert num_splits(2, 256, config(128)["block_n"], torch.device(device)) > 1
+    kp, vp = cache(fmt, n, hkv=2, d=128, capacity=256, seed=n, device=device)
+    q = torch.randn(1, 8, 1, 128, generator=torch.Generator().manual_seed(n)).to(device)
+    got = kvq_decode(q, kp, vp, torch.tensor(n, device=device), 128**-0.5, mask, fmt, splits=splits)
+    want = attention_kvq_reference(q.cpu(), [p.cpu() for p in kp], [p.cpu() for p in vp], torch.tensor(n),
+                                   128**-0.5, mask, fmt)
+    torch.testing.assert_close(got.cpu(), want, atol=2e-5, rtol=2e-5)
+
+
 @pytest.mark.parametrize("native", [True, False])
 def test_fp8_decoded_in_software_equals_hardware_conversion(device, native):
     """sm_80 has no e4m3 conversion: the integer-op decoder must give the same values."""
@@ -84,3 +102,6 @@ def test_kernel_compiles_for_sm80_and_sm90():
     records = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
     assert records and all(rec["ok"] for rec in records), r.stdout[-3000:] + r.stderr[-3000:]
     assert {rec["arch"] for rec in records} == {80, 90}
+    # local-memory spills made the H200 run slower than bf16: the head-dim-128 tile must keep to registers
+    d128 = [rec for rec in records if rec["arch"] == 90 and "d=128" in rec["kernel"] and "stack" in rec]
+    assert d128 and all(rec["stack"] == 0 for rec in d128), d128
