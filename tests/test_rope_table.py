@@ -95,9 +95,12 @@ def test_a_cut_off_sections_rows_fold_into_the_table(tmp_path):
     assert rows[1]["results"]["32k"]["passkey"] == 1.0 and rows[1]["precision"] == "bf16"
     assert rope_table.measured_cells(rows, "bf16") == {("self-extend", "32k")}
     # one entry per cell: bench/quality_records.py reads it as a quality record with the cell's own passes
-    (record,) = _bench("quality_records").rope_rows(rows[1:])
-    assert (record.passes, record.length, record.passkey, record.dtype) == (
-        ("self-extend:group=8,window=2048",), 32768, 1.0, "bf16")
+    # (and its last-4096 loss as a second record, of that protocol, with no passkey counted twice)
+    first, last = sorted(_bench("quality_records").rope_rows(rows[1:]), key=lambda r: r.ppl_protocol)
+    assert (first.passes, first.length, first.passkey, first.dtype, first.ppl_protocol) == (
+        ("self-extend:group=8,window=2048",), 32768, 1.0, "bf16", "first-window")
+    assert (last.passes, last.length, last.ppl, last.passkey, last.ppl_protocol) == (
+        ("self-extend:group=8,window=2048",), 32768, 7.5, None, "last-4096")
     page = (tmp_path / "rope.md").read_text()
     assert "| self-extend | - | - | 1.00 | GPU | GPU |" in page  # passkey: CPU columns pending, 64k+ wait for a GPU
     assert "passkey >= 0.9 at 32k with last-4096 loss <= 1.1x: waits for the `none` 8k cell" in page
