@@ -2,7 +2,6 @@
 rules, the s = 1 identity check tells the unmodified program from a changed one, a cut-off section's rows fold
 into the table, and the sections' time arithmetic fits issue 14's budget (9 minutes a call, 20 in all)."""
 
-import importlib
 import json
 import subprocess
 import sys
@@ -14,19 +13,11 @@ from lcc.capture.export import capture
 from lcc.models import load_model
 from lcc.passes import apply_passes, canonicalize, parse_pass
 from lcc.passes.base import REGISTRY
+from tests.test_bench import _bench_module
 
 ROOT = Path(__file__).resolve().parents[1]
 
-
-def _bench(name):
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        return importlib.import_module(name)
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
-
-
-rope_table, gpu = _bench("rope_table"), _bench("gpu")
+rope_table, gpu = _bench_module("rope_table"), _bench_module("gpu")
 
 
 @pytest.mark.parametrize("length", [16384, 65536, 131072])
@@ -96,7 +87,7 @@ def test_a_cut_off_sections_rows_fold_into_the_table(tmp_path):
     assert rope_table.measured_cells(rows, "bf16") == {("self-extend", "32k")}
     # one entry per cell: bench/quality_records.py reads it as a quality record with the cell's own passes
     # (and its last-4096 loss as a second record, of that protocol, with no passkey counted twice)
-    first, last = sorted(_bench("quality_records").rope_rows(rows[1:]), key=lambda r: r.ppl_protocol)
+    first, last = sorted(_bench_module("quality_records").rope_rows(rows[1:]), key=lambda r: r.ppl_protocol)
     assert (first.passes, first.length, first.passkey, first.dtype, first.ppl_protocol) == (
         ("self-extend:group=8,window=2048",), 32768, 1.0, "bf16", "first-window")
     assert (last.passes, last.length, last.ppl, last.passkey, last.ppl_protocol) == (

@@ -15,6 +15,7 @@ peak at any length is one matrix-vector product.
 
 from __future__ import annotations
 
+import functools
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
@@ -90,15 +91,8 @@ class EntryCost:
         return (total, dict(ops)) if by_op else total
 
 
-_COMPILED: dict = {}  # expression -> its compile_expr: every candidate the planner prices has the same few kernels
-
-
-def _compiled(expr):
-    if expr not in _COMPILED:
-        if len(_COMPILED) >= 100_000:
-            _COMPILED.clear()
-        _COMPILED[expr] = compile_expr(expr)
-    return _COMPILED[expr]
+# every candidate the planner prices has the same few kernels: each expression is compiled once
+_compiled = functools.lru_cache(maxsize=100_000)(compile_expr)
 
 
 def capacity_dims(capacity: int | None, layout=None) -> dict[int, sympy.Expr]:
