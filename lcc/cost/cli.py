@@ -180,9 +180,8 @@ def plan(model: str = typer.Argument("smollm2-135m", help="preset, HF directory 
     When one device cannot hold the target length, say how many devices context parallelism needs and, with
     --devices, propose it (per-rank memory and time with the communication share)."""
     from lcc.cost.planner import longest_plan, plan as make_plan
-    from lcc.lengths import format_length, parse_length
-
     from lcc.dtypes import parse_dtype
+    from lcc.lengths import format_length, parse_length
 
     auto = target_len.strip().lower() == "auto"
     n = parse_length(max_len if auto else target_len)
