@@ -112,6 +112,7 @@ def main() -> None:
         hit_files = [p for p in hit_out.rglob("*") if p.is_file()]
         same = all((cold_out / p.relative_to(hit_out)).read_bytes() == p.read_bytes() for p in hit_files)
         linked = all(os.path.samefile(cold_out / p.relative_to(hit_out), p) for p in hit_files)
+    end_load = os.getloadavg()
     rows = [("cold compile (--no-cache), whole process", cold, None)]
     rows += [(f"  {k}", v, cpu.get(k)) for k, v in stages.items()]
     rows += [("  (process start, load, writes outside the stages)", cold - sum(stages.values()), None)]
@@ -121,7 +122,8 @@ def main() -> None:
     table += [f"| {k} | {v:.1f} | {'' if c is None else f'{c:.1f}'} |" for k, v, c in rows]
     head = [f"# `lcc compile {args.model} --target-len {args.target_len}`: compile time", "",
             f"Measured by `python bench/compile_time.py` on {datetime.date.today().isoformat()}: {device()}; "
-            f"load average {load[0]:.1f} at the start (the machine is shared: other work slows every stage); "
+            f"load average {load[0]:.1f} at the start and {end_load[0]:.1f} at the end (the machine is shared: other "
+            "work slows every stage); "
             f"lcc {lcc.__version__}, torch {torch.__version__}, transformers {transformers.__version__}, "
             f"Python {platform.python_version()}. The model was already cached and the CPU profile already "
             "calibrated. CPU seconds: the compiling process's CPU time in each stage, all its threads "

@@ -242,19 +242,25 @@ def _compile(loaded: LoadedModel, target_len: int, backend, passes: list[PassSpe
     plan = {"source": "user", "passes": [str(p) for p in passes or []], "reason": "passes given on the command line",
             "device": device}
     check_len = min(CHECK_LEN, target_len)
-    captured = canonical = planned = None
+    captured = canonical = planned = base = None
     if passes is None:
-        # one small capture for the planner (prefill, decode: capacity is symbolic in their cost) and the check
-        # stage (prefill_full), canonicalized once; the planner's memoised costs then give the report's curves
+        # the planner prices the artifact's own capture (prefill, decode: the capacity is symbolic in their cost,
+        # and its memoised costs then give the report's curves), which the capture stage then takes as it is; the
+        # check stage gets prefill_full captured small (run at the target's capacity, each stage took seconds
+        # more). A cache dtype of its own is planned on the small capture in the model's dtype, as before.
         from lcc.cost.planner import CAPTURE_CAPACITY
 
+        shared = kv_cache_dtype in (None, dtype)
         stages.start("plan", 3)
-        captured = capture(loaded, capacity=max(check_len, CAPTURE_CAPACITY), entries=("prefill", "decode",
-                                                                                        "prefill_full"))
+        if shared:
+            with graphs_not_run():  # copied by the passes or priced, never run before the export
+                base = canonicalize(capture(loaded, capacity=target_len, entries=ENTRIES))
+        captured = capture(loaded, capacity=max(check_len, CAPTURE_CAPACITY),
+                           entries=("prefill_full",) if shared else ("prefill", "decode", "prefill_full"))
         stages.advance("plan", "capture")
         canonical = canonicalize(captured)
         stages.advance("plan", "canonical")
-        planned = _only(canonical, "prefill", "decode")
+        planned = _only(base if shared else canonical, "prefill", "decode")
         plan, passes = plan_fn(planned, target_len, device)
         stages.advance("plan")
         captured, canonical = _only(captured, "prefill_full"), _only(canonical, "prefill_full")
@@ -269,7 +275,8 @@ def _compile(loaded: LoadedModel, target_len: int, backend, passes: list[PassSpe
                           f"{', '.join(failed)}; `lcc diff MODEL --pass ...` shows every stage")
     stages.start("capture", 2 + len(passes))
     with graphs_not_run():  # only the last stage is exported: its code is generated once, below
-        base = canonicalize(capture(loaded, capacity=target_len, entries=ENTRIES, cache_dtype=kv_cache_dtype))
+        if base is None:
+            base = canonicalize(capture(loaded, capacity=target_len, entries=ENTRIES, cache_dtype=kv_cache_dtype))
         stages.advance("capture", "canonical")
         program = generate_code(apply_passes(base, passes, on_stage=lambda p: stages.advance("capture", p.stage)))
     stages.advance("capture", "cost")

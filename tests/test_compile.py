@@ -128,6 +128,61 @@ def test_a_lowered_artifact_whose_logits_moved_fails_its_check(tmp_path, tiny, m
     assert not bad["ok"] and bad["max_abs"] == pytest.approx(0.01, abs=good["limit"])
 
 
+def _captured(loaded, passes, capacity=64):
+    from lcc.capture import capture
+    from lcc.capture.program import generate_code
+    from lcc.passes import apply_passes, canonicalize
+
+    base = canonicalize(capture(loaded, capacity, entries=("prefill", "decode", "prefill_logits")))
+    return generate_code(apply_passes(base, [parse_pass(p) for p in passes]))
+
+
+def _same_outputs(runnable, program):
+    """Every entry of ``runnable`` gives ``program``'s outputs bit for bit (the program is the oracle)."""
+    ids = torch.randint(0, program.spec.vocab, (1, 12), generator=torch.Generator().manual_seed(1))
+    calls = {"prefill": (ids,), "prefill_logits": (ids,), "decode": (ids[:, :1], torch.tensor(12))}
+    with torch.no_grad():
+        for name, args in calls.items():
+            got, want = runnable.entries[name](*args, *program.cache.empty()), \
+                program.entries[name](*args, *program.cache.empty())
+            assert all(torch.equal(g, w) for g, w in zip(got, want)), name
+
+
+def test_the_torch_backend_lowers_rewritten_graphs_without_exporting_them_again(tmp_path, tiny, monkeypatch):
+    """The captured graphs a pass rewrote (here a cache layout of its own and flash attention) are lifted into
+    exported programs, not traced again, and the artifact runs them as the program does."""
+    from lcc.backends.torch_export import BACKEND
+
+    program = _captured(tiny("qwen2"), ["kv-quant", "flash"])
+
+    def no_export(*a, **k):
+        raise AssertionError("exported again")
+
+    monkeypatch.setattr(torch.export, "export", no_export)
+    lowered = BACKEND.lower(program, tmp_path, entries=("prefill", "decode", "prefill_logits"))
+    assert lowered.notes == []
+    _same_outputs(BACKEND.load(tmp_path), program)
+
+
+def test_a_graph_that_cannot_be_lifted_is_exported_again_and_noted(tmp_path, tiny):
+    """A graph without its capture's ranges goes through torch.export as before; the JSON of either way is torch's
+    own serialisation (the serializer's canonical-form self-test, whose result it drops, is skipped)."""
+    from torch._export.serde.serialize import serialize
+
+    from lcc.backends.torch_export import BACKEND, exported_program, serialize_json
+    from lcc.capture.export import RANGES
+
+    program = _captured(tiny("llama"), ["flash"])
+    del program.entries["decode"].meta[RANGES]
+    lowered = BACKEND.lower(program, tmp_path, entries=("prefill", "decode", "prefill_logits"))
+    assert len(lowered.notes) == 1 and lowered.notes[0].startswith("decode: exported again (ValueError")
+    _same_outputs(BACKEND.load(tmp_path), program)
+    ep, why = exported_program(program, "prefill")
+    assert why is None
+    assert serialize_json(ep) == serialize(ep, serialize_state_dict=False, serialize_constants=False,
+                                           serialize_example_inputs=False).exported_program
+
+
 def test_cli_compile_then_run(tmp_path):
     def lcc(*args):
         return subprocess.run([sys.executable, "-m", "lcc", *args], capture_output=True, text=True, timeout=600)

@@ -19,6 +19,7 @@ artifact loads in about the time it takes to map its weights.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import keyword
 import math
@@ -45,6 +46,93 @@ def export_entry(program, name: str, gm: torch.fx.GraphModule | None = None, seq
         return torch.export.export(gm, _example_inputs(program, name, seq_len), dynamic_shapes=shapes, strict=False)
 
 
+def exported_program(program, name: str):
+    """(entry ``name`` of ``program`` as an exported program, None), its graph lifted (weights read by ``get_attr``
+    become inputs, as ``torch.export`` makes them) when it still carries the values and range constraints of its
+    capture (:data:`lcc.capture.export.RANGES`); else (:func:`export_entry`'s, why it was exported again).
+
+    The lifted graph runs the same nodes as the program (exporting it again traced each once more: two thirds of a
+    lowering's time), ``torch.export``'s verifier checks it as it checks an export, and the compile's lowered check
+    compares the artifact with the program either way."""
+    try:
+        return _lifted(program, name), None
+    except Exception as e:  # noqa: BLE001  (any graph the lifting cannot take is exported again, and noted)
+        why = f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
+    return export_entry(program, name), why
+
+
+def _lifted(program, name: str):
+    """:func:`exported_program`'s lifting; a ``ValueError`` when the graph lacks its capture's ranges or values."""
+    import torch.utils._pytree as pytree
+    from torch.export import ExportedProgram
+    from torch.export.exported_program import ModuleCallEntry, ModuleCallSignature
+    from torch.export.graph_signature import (ExportGraphSignature, InputKind, InputSpec, OutputKind, OutputSpec,
+                                              TensorArgument)
+
+    from lcc.capture.export import RANGES
+    from lcc.capture.program import copy_graph_module
+    from lcc.cost.meta import with_values
+
+    source = program.entries[name]
+    if RANGES not in source.meta:
+        raise ValueError("its graph does not carry its capture's range constraints")
+    gm = copy_graph_module(source)
+    if with_values(gm, program.cache) is not gm:
+        raise ValueError("its values were propagated afresh, in shape symbols of their own")
+    graph = gm.graph
+    for node in [n for n in graph.nodes if n.op == "call_module"]:  # ExportedProgram.module()'s input guards
+        if node.users:
+            raise ValueError(f"it calls submodule {node.target}")
+        graph.erase_node(node)
+    user_inputs = [n for n in graph.nodes if n.op == "placeholder"]
+    specs, state, constants, placeholders = [], {}, {}, {}
+    prefix = {InputKind.PARAMETER: "p_", InputKind.BUFFER: "b_", InputKind.CONSTANT_TENSOR: "c_"}
+    for node, kind, value, persistent in _graph_attrs(gm):  # torch.export's order: parameters, buffers, constants
+        if node.target not in placeholders:
+            with graph.inserting_before(user_inputs[0]):
+                ph = placeholders[node.target] = graph.placeholder(prefix[kind] + node.target.replace(".", "_"))
+            ph.meta = dict(node.meta)
+            specs.append(InputSpec(kind, TensorArgument(ph.name), node.target, persistent))
+            (state if kind == InputKind.PARAMETER or persistent else constants)[node.target] = value
+        node.replace_all_uses_with(placeholders[node.target])
+        graph.erase_node(node)
+    specs += [InputSpec(InputKind.USER_INPUT, TensorArgument(n.name), None) for n in user_inputs]
+    output = next(n for n in graph.nodes if n.op == "output")
+    outs = pytree.tree_leaves(output.args[0])
+    output.args = (tuple(outs),)
+    out_specs = [OutputSpec(OutputKind.USER_OUTPUT, TensorArgument(n.name), None) for n in outs]
+    call = ModuleCallSignature(inputs=[], outputs=[], in_spec=pytree.tree_flatten((tuple(user_inputs), {}))[1],
+                               out_spec=pytree.tree_flatten(tuple(outs))[1])
+    return ExportedProgram(gm, graph, ExportGraphSignature(specs, out_specs), state, source.meta[RANGES],
+                           [ModuleCallEntry("", call)], None, constants)
+
+
+def _graph_attrs(gm) -> list:
+    """[(get_attr node, InputKind, tensor, persistent)] of ``gm``: parameters, then buffers (persistent or not),
+    then other tensor constants."""
+    from torch.export.graph_signature import InputKind
+
+    found = []
+    for node in [n for n in gm.graph.nodes if n.op == "get_attr"]:
+        owner_name, _, leaf = node.target.rpartition(".")
+        owner = _attr(gm, owner_name) if owner_name else gm
+        value = getattr(owner, leaf)
+        if isinstance(value, torch.nn.Parameter):
+            found.append((node, InputKind.PARAMETER, value, None))
+        elif leaf in owner._buffers:
+            found.append((node, InputKind.BUFFER, value, leaf not in owner._non_persistent_buffers_set))
+        else:
+            found.append((node, InputKind.CONSTANT_TENSOR, value, None))
+    order = [InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR]
+    return sorted(found, key=lambda f: order.index(f[1]))
+
+
+def _attr(module, path: str):
+    for part in path.split("."):
+        module = getattr(module, part)
+    return module
+
+
 def _example_inputs(program, name: str, seq_len: int | None):
     """``Program.example_inputs`` with the cache left uninitialised: export reads only its shapes and dtypes,
     and zero-filling a long context's cache (1.5 GB per entry for smollm2-135m at 32k) took seconds."""
@@ -53,6 +141,35 @@ def _example_inputs(program, name: str, seq_len: int | None):
     if name == "decode":
         return (torch.zeros(batch, 1, dtype=torch.long), torch.tensor(0), *cache)
     return (torch.zeros(batch, seq_len or min(8, program.cache.capacity), dtype=torch.long), *cache)
+
+
+@contextlib.contextmanager
+def _no_canonical_form_test():
+    """Within it, torch's serializer skips its test that the program has a canonical form: it canonicalizes a
+    deep copy of the serialized program and drops the result (``ExportedProgramSerializer.serialize``: "Test
+    canonical form is well defined"), so the JSON is the same; the copy took two thirds of serialising a
+    30-layer entry."""
+    from torch._export.serde import serialize
+
+    saved = serialize.canonicalize
+    serialize.canonicalize = lambda ep, constants=None: ep
+    try:
+        yield
+    finally:
+        serialize.canonicalize = saved
+
+
+def serialize_json(ep) -> bytes:
+    """torch's JSON of the exported program ``ep`` (``torch._export.serde``), without its state dict, constants
+    and example inputs (a zero cache of the full capacity): they are not serialised at all."""
+    from torch._export.serde.serialize import serialize
+
+    with _no_canonical_form_test():
+        try:
+            return serialize(ep, serialize_state_dict=False, serialize_constants=False,
+                             serialize_example_inputs=False).exported_program
+        except TypeError:  # a torch before these flags (the JSON is the same)
+            return serialize(ep).exported_program
 
 
 def _storage_key(t: torch.Tensor):
@@ -301,23 +418,17 @@ class TorchBackend:
     def lower(self, program, out_dir, *, target=None, dtype="float32", entries=None, progress=None) -> Lowered:
         """Export ``entries`` (default prefill and decode) to ``out_dir``; ``target`` is where they run
         (PyTorch runs them on any device)."""
-        from torch._export.serde.serialize import serialize
-
         check_dtype(self, dtype)
         check_program_dtype(program, dtype)
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         weights = WeightWriter()
-        files = []
+        files, notes = [], []
         for name in entries or ENTRIES:
-            ep = export_entry(program, name)
-            # JSON bytes only: the state dict, constants and example inputs (a zero cache of the full capacity)
-            # are not serialised at all (they were, then dropped: half of the lowering's time)
-            try:
-                graph = serialize(ep, serialize_state_dict=False, serialize_constants=False,
-                                  serialize_example_inputs=False).exported_program
-            except TypeError:  # a torch before these flags (the JSON is the same)
-                graph = serialize(ep).exported_program
+            ep, why = exported_program(program, name)
+            if why:
+                notes.append(f"{name}: exported again ({why})")
+            graph = serialize_json(ep)  # JSON only: the state dict and constants go to the weights file
             for fqn, t in ep.state_dict.items():
                 weights.add(fqn, t)
             for fqn, t in ep.constants.items():
@@ -328,7 +439,7 @@ class TorchBackend:
                 progress(name)
         weights.save(out_dir / WEIGHTS)
         return Lowered(files + [WEIGHTS], native={"attention": "lcc op (registered implementation)",
-                                                  "rope": "lcc op (registered implementation)"})
+                                                  "rope": "lcc op (registered implementation)"}, notes=notes)
 
     def load(self, out_dir, manifest=None):
         import lcc.ops  # noqa: F401  (the saved programs call torch.ops.lcc.*)

@@ -51,10 +51,52 @@ class _Decode(nn.Module):
         return (out.logits, *flat)
 
 
+RANGES = "lcc_range_constraints"  # GraphModule.meta key: the export's ranges of its shape symbols
+
+
 def _export(module, args, dynamic_shapes):
+    """The exported program's runnable module, with its range constraints in ``meta[RANGES]``: its nodes' values
+    speak the export's shape symbols, so a graph a pass rewrote can be made an exported program again without
+    exporting it (:func:`lcc.backends.torch_export.exported_program`)."""
     with torch.no_grad():
         ep = torch.export.export(module, args, dynamic_shapes=dynamic_shapes, strict=False)
-    return ep.module()
+    gm = ep.module()
+    gm.meta[RANGES] = dict(ep.range_constraints)
+    return gm
+
+
+def _every_position(prefill: torch.fx.GraphModule, layout: CacheLayout) -> torch.fx.GraphModule | None:
+    """``prefill_logits`` made from ``prefill``'s graph, or None where it is not of the form below.
+
+    The two exports differ in one node: HF takes the last position (``logits_to_keep=1``) with
+    ``aten.slice(hidden, 1, -1, max)`` before the LM head, and every position (``0``) with ``aten.alias(hidden)``.
+    That node is swapped and the values from it to the logits are propagated again, in the export's fake mode
+    (:func:`lcc.cost.meta.with_values`): the graph an export of every position gives, without a third export."""
+    from lcc.capture.program import copy_graph_module
+    from lcc.cost.meta import with_values
+
+    gm = copy_graph_module(prefill)
+    graph = gm.graph
+    output = next(n for n in graph.nodes if n.op == "output")
+    node, chain = output.args[0][0], []  # the logits, back through the ops that made them from the hidden states
+    while node.target != torch.ops.aten.slice.Tensor:
+        inputs = [a for a in node.all_input_nodes if a.op != "get_attr"]
+        if node.op != "call_function" or len(inputs) != 1 or len(node.users) != 1 or len(chain) > 8:
+            return None
+        chain.append(node)
+        node = inputs[0]
+    if tuple(node.args[1:]) != (1, -1, torch.iinfo(torch.long).max) or len(node.users) != 1:
+        return None
+    with graph.inserting_before(node):
+        alias = graph.call_function(torch.ops.aten.alias.default, (node.args[0],))
+    node.replace_all_uses_with(alias)
+    graph.erase_node(node)
+    for n in chain:
+        n.meta.pop("val", None)
+    if with_values(gm, layout) is not gm:
+        return None
+    gm.recompile()
+    return gm
 
 
 def capture(loaded: LoadedModel, capacity: int, batch: int = 1, entries=("prefill", "decode"),
@@ -62,7 +104,8 @@ def capture(loaded: LoadedModel, capacity: int, batch: int = 1, entries=("prefil
     """Export the requested entry points of ``loaded`` with a cache of ``capacity`` tokens."""
     spec = loaded.spec
     layout = CacheLayout(batch, capacity, spec.layers, spec.kv_heads, spec.head_dim, cache_dtype or spec.dtype)
-    cache = layout.empty()
+    # left uninitialised: export reads only the cache's shapes and dtypes (zero-filling 32k slots took seconds)
+    cache = [torch.empty(s, dtype=getattr(torch, d)) for s, d in zip(layout.shapes(), layout.dtypes())]
     seq = Dim("seq", min=2, max=capacity)
     example = torch.zeros(batch, min(capacity, 8), dtype=torch.long)
     prefill_shapes = ({1: seq}, tuple([None] * len(cache)))
@@ -71,8 +114,9 @@ def capture(loaded: LoadedModel, capacity: int, batch: int = 1, entries=("prefil
     if "prefill" in entries:
         graphs["prefill"] = _export(_Prefill(model, spec.layers, "last", False), (example, *cache), prefill_shapes)
     if "prefill_logits" in entries:
-        graphs["prefill_logits"] = _export(_Prefill(model, spec.layers, "all", False), (example, *cache),
-                                           prefill_shapes)
+        every = _every_position(graphs["prefill"], layout) if "prefill" in graphs else None
+        graphs["prefill_logits"] = every if every is not None else _export(
+            _Prefill(model, spec.layers, "all", False), (example, *cache), prefill_shapes)
     if "prefill_full" in entries:
         graphs["prefill_full"] = _export(_Prefill(model, spec.layers, "all", True), (example, *cache), prefill_shapes)
     if "decode" in entries:

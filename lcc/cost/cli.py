@@ -92,9 +92,12 @@ def cost(model: str = typer.Argument("smollm2-135m", help="preset, HF directory 
          device: Optional[str] = typer.Option(None, "--device", hidden=True, help="old name of --profile"),
          plot: Optional[str] = typer.Option(None, "--plot", help="write memory and time vs length to this PNG"),
          as_json: bool = typer.Option(False, "--json", help="print one JSON object")):
-    """Symbolic cost of the program: FLOPs, bytes, memory and roofline time as formulas of L, at each length."""
+    """Symbolic cost of the program: FLOPs, bytes, memory and roofline time as formulas of L, at each length.
+
+    A context-parallel program is priced per rank, its collectives' time over the profile's link included."""
+    from lcc.cost.comm import cache_slots
     from lcc.cost.model import ATTENTION_ALGOS, program_cost
-    from lcc.cost.symbols import pretty
+    from lcc.cost.symbols import L, pretty
     from lcc.lengths import format_length, parse_lengths
     from lcc.passes import apply_passes, parse_pass
 
@@ -119,29 +122,41 @@ def cost(model: str = typer.Argument("smollm2-135m", help="preset, HF directory 
             bare = program_cost(base, profile.kind)
             curves["no passes"] = [bare.evaluate(n, profile) for n in _curve_lengths(max(ns))]
         plot_cost(curves, plot, f"{loaded.spec.model_id} on {profile.name}", 0.9 * profile.memory_bytes)
+    ranks = pc.ranks
     if as_json:
         doc = {"model": loaded.spec.model_id, "device": profile.name, "passes": [str(s) for s in specs],
                "formulas": {k: str(v) for k, v in formulas.items()},
                "lengths": [e.to_dict() | {"chunked_prefill": c} for e, c in zip(evs, chunked)],
                "attention_working_set": {a: dict(zip(map(str, ns), v)) for a, v in ws.items()},
                "unpriced": sorted({op for e in pc.entries.values() for op in e.unpriced})}
+        if ranks > 1:
+            doc["context_parallel"] = _collectives_doc(pc, profile)
         print(json.dumps(doc, indent=2))
         return
-    out.print(f"[bold]{loaded.spec.model_id}[/bold] ({label}) on {profile.name}: formulas in L "
-              "(sequence length; cache capacity = L)")
+    if ranks > 1:
+        out.print(f"[bold]{loaded.spec.model_id}[/bold] ({label}) on {profile.name}, per rank of {ranks}: formulas "
+                  f"in L (the whole prompt's length; cache slots per rank = {cache_slots(L, ranks)})")
+    else:
+        out.print(f"[bold]{loaded.spec.model_id}[/bold] ({label}) on {profile.name}: formulas in L "
+                  "(sequence length; cache capacity = L)")
     for name, expr in formulas.items():
         out.print(f"  {name.replace('_', ' ')} = {pretty(expr)}")
-    rows = table(f"cost at each length on {profile.name}",
+    last = ("communication", "decode communication") if ranks > 1 else \
+        (f"chunked prefill ({format_length(CHUNKED_PREFILL)})",)
+    rows = table(f"cost at each length on {profile.name}" + (f", per rank of {ranks}" if ranks > 1 else ""),
                  ("length", "prefill FLOPs", "bytes moved", "weights", "KV cache", "activations", "peak memory",
-                  "prefill time", "decode tok/s", f"chunked prefill ({format_length(CHUNKED_PREFILL)})"),
-                 justify="right")
+                  "prefill time", "decode tok/s", *last), justify="right")
     for e, c in zip(evs, chunked):
+        cells = (_comm_cell(e.comm_time, e.comm_share), _comm_cell(e.decode_comm_time, e.decode_comm_share)) \
+            if ranks > 1 else \
+            (f"{human_bytes(c['memory'])}, {optional(c['time'], human_seconds)}",)
         rows.add_row(format_length(e.length), human_count(e.prefill_flops), human_bytes(e.prefill_bytes),
                      human_bytes(e.weights), human_bytes(e.kv_cache), human_bytes(e.activations),
                      human_bytes(e.memory), optional(e.prefill_time, human_seconds),
-                     optional(e.decode_tokens_per_s, lambda x: f"{x:.1f}"),
-                     f"{human_bytes(c['memory'])}, {optional(c['time'], human_seconds)}")
+                     optional(e.decode_tokens_per_s, lambda x: f"{x:.1f}"), *cells)
     out.print(rows)
+    if ranks > 1:
+        _print_collectives(pc, profile, evs)
     wst = table(f"attention working set of one layer ({profile.kind})", ("algo",))
     for n in ns:
         wst.add_column(format_length(n), justify="right")
@@ -151,6 +166,42 @@ def cost(model: str = typer.Argument("smollm2-135m", help="preset, HF directory 
     unpriced = sorted({op for e in pc.entries.values() for op in e.unpriced})
     if unpriced:
         out.print(f"priced as elementwise (no cost rule): {', '.join(unpriced)}")
+
+
+def _comm_cell(seconds: Optional[float], share: Optional[float]) -> str:
+    """``time (its share of the entry's time)`` of one rank's collectives."""
+    return "-" if seconds is None else f"{human_seconds(seconds)} ({share:.0%})"
+
+
+def _collectives_doc(pc, profile) -> dict:
+    """The JSON of a context-parallel program's collectives per rank: the link and, per entry, each kind."""
+    from lcc.cost.comm import link_of
+
+    name, bandwidth, latency = link_of(profile)
+    entries = {}
+    for entry in (pc.prefill.entry, "decode"):
+        if entry in pc.program.entries:
+            entries[entry] = [{"name": c.name, "bytes_in": str(c.bytes_in), "calls": int(c.calls),
+                               "messages": int(c.steps)} for c in pc.collectives(entry)]
+    return {"ranks": pc.ranks, "balance": pc.program.meta["context_parallel"].get("balance"),
+            "link": {"name": name, "bandwidth": bandwidth, "latency": latency}, "collectives": entries}
+
+
+def _print_collectives(pc, profile, evs) -> None:
+    from lcc.cost.symbols import pretty
+    from lcc.lengths import format_length
+
+    doc = _collectives_doc(pc, profile)
+    link = doc["link"]
+    received = ", ".join(f"{human_bytes(e.comm_bytes)} at {format_length(e.length)}" for e in evs)
+    out.print(f"communication per rank (ring all-gathers, in the times above) over {link['name']}: "
+              f"{link['bandwidth'] / 1e9:.4g} GB/s per direction, {link['latency'] * 1e6:.3g} us per message; "
+              f"prefill receives {received}")
+    for entry in doc["collectives"]:
+        for c in pc.collectives(entry):
+            steps = int(c.steps)
+            out.print(f"  {entry}: {int(c.calls)} x {c.name}, each {pretty(c.bytes_in)} bytes in, "
+                      f"{steps} message{'s' if steps > 1 else ''}")
 
 
 def plan(model: str = typer.Argument("smollm2-135m", help="preset, HF directory (config.json is enough), hub id "
@@ -255,7 +306,17 @@ def _context_parallel(result, program, profile, devices: Optional[int], quality:
     cp = proposal(spec, n, profile, result.memory_budget, devices, spec.dtype,
                   activations=lambda r: pc.evaluate(-(-n // r), profile).activations)
     cp["passes"] = [*base, f"context-parallel:ranks={cp['ranks']}"] if cp["ranks"] and cp["ranks"] > 1 else None
+    cp["fallback"] = None if best else _no_base(quality, n, spec.trained_len)
     return cp
+
+
+def _no_base(quality: str, n: int, trained: int) -> str:
+    """What :func:`_context_parallel` priced when no single-device candidate it can extend meets ``quality``."""
+    from lcc.lengths import format_length
+
+    beyond = f" (out of range past its trained length, {format_length(trained)})" if n > trained else ""
+    return (f"no candidate it composes with ({', '.join(_CP_BASES)}) meets --quality {quality} at "
+            f"{format_length(n)}; priced and proposed on the model without other passes{beyond}")
 
 
 def _print_context_parallel(cp: dict, profile) -> None:
@@ -272,6 +333,8 @@ def _print_context_parallel(cp: dict, profile) -> None:
                      f"{human_seconds(r['comm_s'])} ({r['comm_share']:.0%})" if r["ranks"] > 1 else "-",
                      human_bytes(r["bytes_in"]), "yes" if r["fits"] else "no")
     out.print(rows)
+    if cp.get("fallback"):
+        out.print(f"context parallelism: {cp['fallback']}")
     needed = cp["ranks_needed"]
     if needed is None:
         out.print(f"context parallelism: no count of {profile.name} devices holds {format_length(cp['length'])} "

@@ -10,16 +10,22 @@ per step.  The link comes from the hardware profile (``[link]``: NVLink for h100
 for cards without it); a profile without one gets :data:`PCIE` for a GPU and :data:`LOOPBACK`
 for the CPU (gloo over TCP loopback; :func:`measure_loopback` measures it, run on 2 ranks).
 Compute per rank is the roofline of its share: linear layers on L/N tokens, attention over 1/N of
-the causal pairs (head-tail balance), at the profile's peak matmul rate.
+the causal pairs (head-tail balance), at the profile's peak matmul rate.  A rewritten program's own
+collectives (:func:`entry_collectives`, priced by ``lcc cost``) come from its ops' arguments; the
+ops whose declared costs take their tensors' shapes are priced by :func:`shapes_rule`.
 """
 
 from __future__ import annotations
 
+import inspect
+from collections import Counter
 from dataclasses import dataclass
 
 import sympy
 
-from lcc.cost.symbols import L
+from lcc.cost.nodes import Kernel, NodeCost, is_tensor_node, op_name, register_rule
+from lcc.cost.symbols import L, dim_expr, prod
+from lcc.ops import registry
 
 N = sympy.Symbol("N", positive=True, integer=True)  # ranks
 PCIE = ("PCIe Gen4 x16 (assumed)", 25e9, 10e-6)
@@ -43,22 +49,114 @@ def link_of(profile) -> tuple[str, float, float]:
     return PCIE if profile.kind == "cuda" else LOOPBACK
 
 
+def cache_slots(capacity, ranks: int):
+    """Slots of one rank's cache for ``capacity`` tokens (its share with padding, its decode share and the spare
+    slot non-owners write into: ``lcc.passes.context_parallel``'s layout); ``capacity`` may be a sympy symbol."""
+    from lcc.passes.context_parallel import local_slots
+
+    slots = local_slots(capacity, ranks) + 1
+    return slots.rewrite(sympy.ceiling) if isinstance(slots, sympy.Basic) else slots
+
+
 def kv_bytes_per_token(spec, itemsize: int, batch: int = 1) -> int:
     """K and V of one token in one layer."""
     return batch * spec.kv_heads * 2 * spec.head_dim * itemsize
 
 
 def prefill_collectives(spec, itemsize: int, batch: int = 1) -> list[Collective]:
-    """All-gather of K and V per layer, and of the last hidden state before the LM head."""
+    """All-gather of K and of V per layer (two collectives), and of the last hidden state before the LM head."""
     share = L * (N - 1) / N
-    return [Collective("all-gather K/V", share * kv_bytes_per_token(spec, itemsize, batch), spec.layers),
+    return [Collective("all-gather K/V", share * kv_bytes_per_token(spec, itemsize, batch), spec.layers, 2 * (N - 1)),
             Collective("all-gather hidden", share * batch * spec.hidden * itemsize, 1)]
 
 
 def decode_collectives(spec, batch: int = 1) -> list[Collective]:
-    """Per decode step: every layer all-gathers its partial output and log-sum-exp (fp32) of one token."""
+    """Per decode step: every layer all-gathers its partial output and, apart, its log-sum-exp (fp32) of one token."""
     per_rank = batch * spec.heads * (spec.head_dim + 1) * 4
-    return [Collective("all-gather partial out + lse", (N - 1) * per_rank, spec.layers)]
+    return [Collective("all-gather partial out + lse", (N - 1) * per_rank, spec.layers, 2 * (N - 1))]
+
+
+# What each collective-issuing op of lcc.ops.context_parallel receives per call, from its arguments (tensor
+# arguments as symbolic shapes, ``itemsize`` of the first): the same ring all-gathers as above, for the N it names.
+def _kv_gather(k, v, ranks: int, itemsize: int) -> Collective:
+    return Collective("all-gather K/V", (ranks - 1) * (prod(k) + prod(v)) * itemsize, 1, 2 * (ranks - 1))
+
+
+def _seq_gather(x, ranks: int, itemsize: int) -> Collective:
+    return Collective("all-gather hidden", (ranks - 1) * prod(x) * itemsize, 1, ranks - 1)
+
+
+def _partials_gather(q, v, ranks: int) -> Collective:
+    """Each rank's partial output [B, Hq, 1, Dv] and log-sum-exp [B, Hq, 1], fp32 whatever the cache dtype."""
+    B, Hq = q[0], q[1]
+    return Collective("all-gather partial out + lse", (ranks - 1) * B * Hq * (v[-1] + 1) * 4, 1, 2 * (ranks - 1))
+
+
+ISSUES = {"cp_attention": _kv_gather, "cp_gather_seq": _seq_gather, "cp_decode_attention": _partials_gather}
+
+
+def _bind(fn, node, shape) -> dict:
+    """``fn``'s parameters from ``node``'s schema arguments: tensors as ``shape(tensor)``, ``itemsize`` as the
+    first tensor parameter's, the rest as they are."""
+    from lcc.graph import named_args
+
+    args, kwargs, first = named_args(node), {}, None
+    for p in inspect.signature(fn).parameters.values():
+        a = args.get(p.name)
+        if is_tensor_node(a):
+            kwargs[p.name] = shape(a)
+            first = first or a
+        elif p.name in args:
+            kwargs[p.name] = a
+    if "itemsize" in inspect.signature(fn).parameters and first is not None:
+        kwargs["itemsize"] = first.meta["val"].dtype.itemsize
+    return kwargs
+
+
+def entry_collectives(gm) -> list[Collective]:
+    """The collectives one call of entry graph ``gm`` issues per rank, equal ones counted as calls; shapes in
+    L (the entry's sequence dim, as :mod:`lcc.cost.graph` names it)."""
+    nodes = list(gm.graph.nodes)
+    rename = {}
+    for n in nodes:
+        val = n.meta.get("val")
+        if n.op == "placeholder" and hasattr(val, "shape"):
+            rename.update({s: L for d in val.shape if hasattr(d, "node") for s in d.node.expr.free_symbols})
+
+    def shape(n) -> tuple:
+        return tuple(dim_expr(d, rename) for d in n.meta["val"].shape)
+
+    counts = Counter()
+    for n in nodes:
+        if n.op == "call_function" and op_name(n.target)[0] == "lcc" and op_name(n.target)[1] in ISSUES:
+            fn = ISSUES[op_name(n.target)[1]]
+            counts[fn(**_bind(fn, n, shape))] += 1
+    return [Collective(c.name, c.bytes_in, c.calls * k, c.steps) for c, k in counts.items()]
+
+
+def shapes_rule(node, ctx) -> NodeCost:
+    """Price an lcc op whose declared cost (``registry.OpDef.cost``) takes its tensor arguments' shapes by name,
+    not the attention shape roles (``cp_shard``'s token ids, ``cp_gather_seq``'s hidden states)."""
+    opdef = registry.get(op_name(node.target)[1])
+    flops, moved, held = (sympy.sympify(x) for x in opdef.cost(**_bind(opdef.cost, node, ctx.shape)))
+    dtype = str(ctx.dtype(node)).removeprefix("torch.")
+    return NodeCost(node.name, "", kernels=(Kernel(flops, moved, "vector", dtype),), out_bytes=ctx.nbytes(node),
+                    work=held)
+
+
+def _takes_shapes(opdef) -> bool:
+    tensors = {a.name for a in opdef.op._schema.arguments if "Tensor" in str(a.type)}
+    return opdef.cost is not None and bool(tensors & set(inspect.signature(opdef.cost).parameters))
+
+
+def install() -> None:
+    """Register :func:`shapes_rule` for every declared op whose cost takes tensor arguments by name."""
+    for name, opdef in registry.ops().items():
+        if _takes_shapes(opdef):
+            register_rule("lcc", name, shapes_rule)
+
+
+install()
 
 
 def total_bytes(collectives: list[Collective]) -> sympy.Expr:

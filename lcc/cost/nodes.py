@@ -17,6 +17,7 @@ Ops without a rule are priced as elementwise over their output and listed in
 
 from __future__ import annotations
 
+import functools
 import operator
 from dataclasses import dataclass, field
 from typing import Callable
@@ -73,7 +74,7 @@ class Ctx:
         return s[0] if isinstance(s, list) else s
 
     def numel(self, node) -> sympy.Expr:
-        return prod(self.shape(node))
+        return _product(tuple(self.shape(node)))
 
     def dtype(self, node) -> torch.dtype:
         val = node.meta["val"]
@@ -85,8 +86,8 @@ class Ctx:
     def nbytes(self, node) -> sympy.Expr:
         s, val = self.shapes[node.name], node.meta["val"]
         if isinstance(s, list):
-            return sympy.Add(*(prod(d) * v.dtype.itemsize for d, v in zip(s, val)))
-        return prod(s) * val.dtype.itemsize
+            return _sum(tuple(_sized(tuple(d), v.dtype.itemsize) for d, v in zip(s, val)))
+        return _sized(tuple(s), val.dtype.itemsize)
 
     def keys(self, node, Sk) -> sympy.Expr:
         """The key length an attention reads: in prefill the sequence symbol L stands for K there."""
@@ -102,8 +103,25 @@ class Ctx:
             strides = val.stride()
         except (RuntimeError, AttributeError):
             return self.nbytes(node)
-        dims = [d for d, s in zip(shape, strides) if not (isinstance(s, int) and s == 0)]
-        return prod(dims) * self.itemsize(node)
+        dims = tuple(d for d, s in zip(shape, strides) if not (isinstance(s, int) and s == 0))
+        return _sized(dims, self.itemsize(node))
+
+
+# sympy products and sums of the same few shapes, taken by every layer of every candidate the planner prices:
+# each built once (the expressions are immutable; equal inputs give equal expressions)
+@functools.lru_cache(maxsize=1 << 16)
+def _product(dims: tuple) -> sympy.Expr:
+    return prod(dims)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _sized(dims: tuple, itemsize: int) -> sympy.Expr:
+    return _product(dims) * itemsize
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _sum(terms: tuple) -> sympy.Expr:
+    return sympy.Add(*terms)
 
 
 def is_tensor_node(a) -> bool:
@@ -132,7 +150,7 @@ def _dtype_name(ctx: Ctx, node) -> str:
 
 
 def _io_bytes(ctx: Ctx, node) -> sympy.Expr:
-    return sympy.Add(*(ctx.stored_bytes(a) for a in tensor_args(node))) + ctx.nbytes(node)
+    return _sum((_sum(tuple(ctx.stored_bytes(a) for a in tensor_args(node))), ctx.nbytes(node)))
 
 
 def elementwise(node, ctx: Ctx, per_element: int = 1) -> NodeCost:

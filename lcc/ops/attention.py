@@ -147,13 +147,48 @@ def attention_chunked(q, k, v, kv_len=None, scale=None, mask="causal", chunk=0, 
     return out
 
 
+def _causal_suffix_cpu(q, k, v, scale):
+    """Causal attention of Sq queries that are the last Sq of Sk > Sq keys (a context-parallel rank's chunk,
+    a prompt chunk after a prefix): the prefix keys [0, Sk - Sq) are all visible, the last Sq causal.
+
+    Two calls of PyTorch's fused CPU flash kernel, one unmasked over the prefix and one causal over the
+    diagonal block, merged by their log-sum-exp: 1.4x faster on one thread than SDPA with the materialised
+    lower-right mask (2k queries x 8k keys, smollm2's heads: 0.37 s against 0.52 s; the masked kernel
+    computes the diagonal block's upper triangle too), 4.3x faster than the chunked path (1.63 s).  The
+    kernel that returns the log-sum-exp is ATen's ``_scaled_dot_product_flash_attention_for_cpu``, the one
+    SDPA itself dispatches to on the CPU; where a torch lacks it, SDPA with ``causal_lower_right``.
+    """
+    B, Hq, Sq, D = q.shape
+    Sk = k.shape[2]
+    scale = D**-0.5 if scale is None else scale
+    flash = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    if flash is None or q.device.type != "cpu" or q.dtype not in (torch.float32, torch.float64, torch.bfloat16,
+                                                                  torch.float16):
+        from torch.nn.attention.bias import causal_lower_right
+
+        return torch.nn.functional.scaled_dot_product_attention(
+            q, k, v, attn_mask=causal_lower_right(Sq, Sk), scale=scale, enable_gqa=Hq != k.shape[1])
+    if Hq != k.shape[1]:  # the fused CPU kernel takes equal heads; SDPA's enable_gqa expands the same way
+        k = k.repeat_interleave(Hq // k.shape[1], 1)
+        v = v.repeat_interleave(Hq // v.shape[1], 1)
+    P = Sk - Sq
+    o1, l1 = flash(q, k[:, :, :P], v[:, :, :P], 0.0, False, scale=scale)[:2]
+    o2, l2 = flash(q, k[:, :, P:], v[:, :, P:], 0.0, True, scale=scale)[:2]
+    lse = torch.logaddexp(l1, l2)
+    out = o1.float() * torch.exp(l1 - lse)[..., None] + o2.float() * torch.exp(l2 - lse)[..., None]
+    return out.to(q.dtype)
+
+
 def attention_flash_cpu(q, k, v, kv_len=None, scale=None, mask="causal", softcap=0.0):
     """IO-aware attention on the CPU: PyTorch's fused SDPA kernel (tiled online softmax) for causal
-    prefill without soft-capping (SDPA has none), the key-skipping chunked path for everything else."""
+    prefill without soft-capping (SDPA has none), also when the queries are the last Sq of more keys
+    (:func:`_causal_suffix_cpu`), the key-skipping chunked path for everything else."""
     gqa = q.shape[1] != k.shape[1]
     if mask == "causal" and kv_len is None and q.shape[2] == k.shape[2] and not softcap:
         return torch.nn.functional.scaled_dot_product_attention(
             q, k.to(q.dtype), v.to(q.dtype), is_causal=True, scale=scale, enable_gqa=gqa)
+    if mask == "causal" and kv_len is None and q.shape[2] < k.shape[2] and not softcap:
+        return _causal_suffix_cpu(q, k.to(q.dtype), v.to(q.dtype), scale)
     if mask == "causal" and q.shape[2] == 1 and kv_len is not None and kv_len.numel() == 1 and not softcap:
         # decode: the one query (the last position) sees exactly the filled keys [0, kv_len): one unmasked fused
         # call on that slice, where the chunked path runs a dozen small ops per layer and step

@@ -14,10 +14,12 @@ by their log-sum-exp (flash-decoding across ranks, Dao et al. 2023).
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from lcc.ops import registry
-from lcc.ops.masks import MaskSpec
+from lcc.ops.masks import MaskSpec, mask_pairs
 
 BALANCES = ("head-tail", "contiguous")
 EMPTY, PAD = 0, -1  # position codes of a cache slot never written, and of a padding token's slot
@@ -219,21 +221,73 @@ def _(q, k, v, codes, position, scale, mask, softcap, ranks):
     return q.new_empty(q.shape[0], q.shape[1], 1, v.shape[3])
 
 
-def cp_attention_cost(B, Hq, Hkv, Sq, Sk, D, Dv, ranks: int, itemsize: int = 4):
-    """Per rank: causal pairs of its Sq queries against the gathered keys (about half of Sq x Sk),
-    bytes of the all-gather received (the other ranks' K and V), the output held."""
-    pairs = Sq * Sk / 2
+# --- cost ---------------------------------------------------------------------------------------------------------
+# Per rank, as sympy expressions: (FLOPs, bytes moved through memory, bytes held while the op runs).  The attention
+# ops bind the vocabulary's shape roles (B, Hq, Hkv, Sq, Sk, D, Dv: Sq and Sk this rank's tokens or cache slots);
+# the others take the shapes of their tensor arguments by name.  Bytes over the link: lcc.cost.comm.
+
+
+def busiest_chunk_ends(chunk, ranks: int, balance: str) -> list:
+    """Key ends of the chunks rank N - 1 holds (chunks N - 1 and N head-tail, N - 1 contiguous): the rank with the
+    most pairs under a causal mask, or a window's, and every rank's share head-tail (1/N of the causal pairs)."""
+    return [ranks * chunk] if chunks_per_rank(balance) == 1 else [ranks * chunk, (ranks + 1) * chunk]
+
+
+def cp_attention_cost(B, Hq, Hkv, Sq, Sk, D, Dv, mask: str, ranks: int, balance: str, itemsize: int = 4):
+    """Each local chunk's pairs against the keys up to its end (the busiest rank), the IO of one IO-aware call per
+    chunk plus the gathered K/V written by the all-gather and put in position order; held: the gathered K/V."""
+    per = chunks_per_rank(balance)
+    chunk, key_chunk = Sq / per, Sk / per
+    ends = busiest_chunk_ends(key_chunk, ranks, balance)
+    pairs = sum(mask_pairs(mask, chunk, end) for end in ends)
     flops = pairs * B * Hq * (2 * D + 2 * Dv)
-    moved = itemsize * B * (Hq * Sq * D + Hkv * Sk * (D + Dv) * 2 + Hq * Sq * Dv)
-    held = itemsize * B * Hkv * Sk * (D + Dv)
-    return flops, moved, held
+    gathered = B * Hkv * ranks * Sk * (D + Dv)
+    moved = itemsize * (B * (Hq * Sq * D + Hkv * sum(ends) * (D + Dv) + Hq * Sq * Dv)
+                        + B * Hkv * Sk * (D + Dv) + 3 * gathered)
+    return flops, moved, itemsize * gathered
 
 
-for _name, _reference, _doc in (
-        ("cp_shard", shard_reference, "this rank's slice of the prompt (head-tail or contiguous), positions, codes"),
-        ("cp_gather_seq", gather_seq_reference, "all-gather of a sequence-sharded tensor back into position order"),
-        ("cp_attention", cp_attention_reference, "prefill attention over all-gathered K/V, per local chunk"),
-        ("cp_decode_slot", decode_slot_reference, "the cache slot of a decode token on this rank (round-robin)"),
-        ("cp_decode_attention", decode_attention_reference, "decode attention over the shard, merged by lse")):
+def cp_decode_attention_cost(B, Hq, Hkv, Sk, D, Dv, ranks: int, itemsize: int = 4):
+    """One query per head against this rank's Sk slots in fp32 (each slot's position code read), then the N
+    partial outputs and log-sum-exps (fp32, gathered) merged; held: the fp32 scores and the gathered partials."""
+    partials = 4 * ranks * B * Hq * (Dv + 1)
+    flops = B * Hq * Sk * (2 * D + 2 * Dv) + 6 * ranks * B * Hq * (Dv + 1)
+    moved = itemsize * B * (Hq * D + Hkv * Sk * (D + Dv) + Hq * Dv) + 8 * B * Sk + 2 * partials
+    return flops, moved, 4 * B * Hq * Sk + partials
+
+
+def cp_shard_cost(input_ids, ranks: int, balance: str, itemsize: int = 8):
+    """This rank's ``local_len`` tokens read from ``input_ids`` [B, S]; their ids, positions and codes written."""
+    B, S = input_ids
+    return 0, 4 * itemsize * B * local_len(S, ranks, balance), 0
+
+
+def cp_gather_seq_cost(x, input_ids, dim: int, ranks: int, balance: str, itemsize: int = 4):
+    """The shard ``x`` read and sent, every rank's shard written by the all-gather, put in position order and cut
+    to the prompt's S tokens; held: the gathered shards."""
+    shard = math.prod(x)
+    gathered = ranks * shard
+    out = gathered / x[dim] * input_ids[1]
+    return 0, itemsize * (shard + 3 * gathered + out), itemsize * gathered
+
+
+def cp_decode_slot_cost(codes, itemsize: int = 8):
+    """The position codes [B, slots] read once to count the filled slots."""
+    B, slots = codes
+    return B * slots, itemsize * B * slots, 0
+
+
+_DECLARED = (
+    ("cp_shard", shard_reference, cp_shard_cost,
+     "this rank's slice of the prompt (head-tail or contiguous), positions, codes"),
+    ("cp_gather_seq", gather_seq_reference, cp_gather_seq_cost,
+     "all-gather of a sequence-sharded tensor back into position order"),
+    ("cp_attention", cp_attention_reference, cp_attention_cost,
+     "prefill attention over all-gathered K/V, per local chunk"),
+    ("cp_decode_slot", decode_slot_reference, cp_decode_slot_cost,
+     "the cache slot of a decode token on this rank (round-robin)"),
+    ("cp_decode_attention", decode_attention_reference, cp_decode_attention_cost,
+     "decode attention over the shard, merged by lse"))
+for _name, _reference, _cost, _doc in _DECLARED:
     registry.declare(registry.OpDef(name=_name, op=getattr(torch.ops.lcc, _name).default, reference=_reference,
-                                    cost=cp_attention_cost if _name == "cp_attention" else None, doc=_doc))
+                                    cost=_cost, doc=_doc))

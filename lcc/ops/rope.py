@@ -62,14 +62,55 @@ def _variant_inv_freq(inv_freq, positions, variant):
     return VARIANTS[name](inv_freq, positions, **params)
 
 
+def cos_sin(positions, inv_freq, attention_scaling, variant, dtype):
+    """cos and sin [B, 1, S, R] of the angles positions * inv_freq (the variant's), scaled, in ``dtype``."""
+    inv_freq, extra = _variant_inv_freq(inv_freq, positions, variant)
+    freqs = positions[..., None].float() * inv_freq.to(device=positions.device, dtype=torch.float)
+    emb = torch.cat((freqs, freqs), dim=-1)
+    cos = (emb.cos() * (attention_scaling * extra)).to(dtype).unsqueeze(1)
+    sin = (emb.sin() * (attention_scaling * extra)).to(dtype).unsqueeze(1)
+    return cos, sin
+
+
+class _LastCosSin:
+    """The cos / sin of the last call, reused while the next call's inputs are equal (compared by value).
+
+    Every layer's two rope nodes of one forward rotate by the same positions and frequencies: transformers
+    computes cos / sin once per forward and hands them to every layer, while a program of ``lcc.rope`` ops
+    recomputes them 2 x layers times (on smollm2's decode step 60 times, a dozen ATen calls each: about an
+    eighth of a step at 512 positions).  A graph rewrite could hoist them, at the price of a second op in every
+    backend's lowering; this memo keeps the op whole.  Inputs are compared by value (``torch.equal`` of the
+    positions and frequencies: two calls, against the dozen it saves), never by identity, so a positions
+    tensor reused in place cannot be answered with stale angles.
+    """
+
+    def __init__(self):
+        self.key = None
+        self.value = None
+
+    def __call__(self, positions, inv_freq, attention_scaling, variant, dtype):
+        key = self.key
+        if (key is not None and key[2:] == (attention_scaling, variant, dtype, positions.device)
+                and key[0].shape == positions.shape and key[1].shape == inv_freq.shape
+                and key[1].device == inv_freq.device and torch.equal(key[0], positions)
+                and torch.equal(key[1], inv_freq)):
+            return self.value
+        self.value = cos_sin(positions, inv_freq, attention_scaling, variant, dtype)
+        self.key = (positions.clone(), inv_freq.clone(), attention_scaling, variant, dtype, positions.device)
+        return self.value
+
+
+_last_cos_sin = _LastCosSin()
+
+
 def rope_reference(x, positions, inv_freq, attention_scaling=1.0, variant=""):
     """Same arithmetic, in the same order, as transformers' rotary embedding + apply_rotary_pos_emb."""
-    inv_freq, extra = _variant_inv_freq(inv_freq, positions, variant)
-    freqs = positions[..., None].float() * inv_freq.to(device=x.device, dtype=torch.float)
-    emb = torch.cat((freqs, freqs), dim=-1)
-    cos = (emb.cos() * (attention_scaling * extra)).to(x.dtype).unsqueeze(1)
-    sin = (emb.sin() * (attention_scaling * extra)).to(x.dtype).unsqueeze(1)
-    r = emb.shape[-1]
+    positions = positions.to(x.device)
+    if type(positions) is torch.Tensor and type(inv_freq) is torch.Tensor and not torch.compiler.is_compiling():
+        cos, sin = _last_cos_sin(positions, inv_freq, attention_scaling, variant, x.dtype)
+    else:  # traced (export, a backend's decomposition): no value comparisons in the graph
+        cos, sin = cos_sin(positions, inv_freq, attention_scaling, variant, x.dtype)
+    r = cos.shape[-1]
     if r == x.shape[-1]:
         return (x * cos) + (rotate_half(x) * sin)
     x_rot, x_pass = x[..., :r], x[..., r:]

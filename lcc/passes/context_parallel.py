@@ -127,6 +127,23 @@ def _rewrite_prefill(gm: torch.fx.GraphModule, layers: int, names: list[str], ra
     gm.recompile()
 
 
+def _drop_stale_values(gm: torch.fx.GraphModule) -> None:
+    """Drop the fake values (``meta["val"]``) of every node downstream of the shard: they still hold the captured
+    sequence, where the rewritten graph holds this rank's ``local_len`` tokens.  The cost model gives them again
+    in the capture's fake mode when it prices the program (:func:`lcc.cost.meta.with_values`: per-rank shapes),
+    and only it reads them after this pass, the last one; recomputing them here took 4 s for smollm2."""
+    shard = next(n for n in gm.graph.nodes if n.target is torch.ops.lcc.cp_shard.default)
+    stale, todo = set(), [shard]
+    while todo:
+        node = todo.pop()
+        for user in node.users:
+            if user not in stale:
+                stale.add(user)
+                todo.append(user)
+    for node in stale | {shard}:
+        node.meta.pop("val", None)
+
+
 def _rewrite_decode(gm: torch.fx.GraphModule, layers: int, names: list[str], ranks: int) -> None:
     graph = gm.graph
     position = position_input(gm)
@@ -173,5 +190,6 @@ def context_parallel(program: Program, ranks: int = 2, balance: str = "head-tail
             _rewrite_decode(gm, program.cache.layers, names, ranks)
         else:
             _rewrite_prefill(gm, program.cache.layers, names, ranks, balance)
+            _drop_stale_values(gm)
     meta = {**program.meta, "context_parallel": {"ranks": ranks, "balance": balance}}
     return PassResult(program.with_entries(graphs, cache=layout, meta=meta), True)

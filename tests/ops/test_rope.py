@@ -38,3 +38,33 @@ def test_rope_preserves_relative_position_dot_products():
         return float((qm * kn).sum())
 
     assert dot(7, 3) == pytest.approx(dot(104, 100), abs=1e-4)
+
+
+def test_repeated_calls_reuse_no_stale_angles():
+    """The CPU body reuses the last call's cos / sin only for equal inputs: a positions tensor changed in place,
+    other frequencies, another scaling or dtype each give transformers' rotation for the new inputs."""
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
+
+    rotary = LlamaRotaryEmbedding(LlamaConfig(hidden_size=64, num_attention_heads=4, max_position_embeddings=64))
+    torch.manual_seed(2)
+    x = torch.randn(1, 4, 3, 16)
+    positions = torch.tensor([[4, 5, 6]])
+
+    def expected(pos, inv_freq=rotary.inv_freq, scaling=1.0, dtype=torch.float32):
+        freqs = pos[..., None].float() * inv_freq
+        emb = torch.cat((freqs, freqs), -1)
+        cos, sin = (emb.cos() * scaling).to(dtype), (emb.sin() * scaling).to(dtype)
+        return apply_rotary_pos_emb(x.to(dtype), x.to(dtype), cos, sin)[0]
+
+    first = torch.ops.lcc.rope(x, positions, rotary.inv_freq, 1.0, "")
+    assert torch.equal(first, expected(positions))
+    assert torch.equal(torch.ops.lcc.rope(x, positions, rotary.inv_freq, 1.0, ""), first)
+    positions += 7  # in place: same tensor object, new values
+    assert torch.equal(torch.ops.lcc.rope(x, positions, rotary.inv_freq, 1.0, ""), expected(positions))
+    assert not torch.equal(expected(positions), first)
+    other = rotary.inv_freq / 4
+    assert torch.equal(torch.ops.lcc.rope(x, positions, other, 1.0, ""), expected(positions, other))
+    assert torch.equal(torch.ops.lcc.rope(x, positions, other, 1.5, ""), expected(positions, other, 1.5))
+    half = torch.ops.lcc.rope(x.bfloat16(), positions, other, 1.5, "")
+    assert half.dtype == torch.bfloat16 and torch.equal(half, expected(positions, other, 1.5, torch.bfloat16))
