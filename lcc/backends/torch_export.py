@@ -151,7 +151,10 @@ def _no_canonical_form_test():
     30-layer entry."""
     from torch._export.serde import serialize
 
-    saved = serialize.canonicalize
+    saved = getattr(serialize, "canonicalize", None)
+    if saved is None:  # a torch whose serializer has no such test: nothing to skip
+        yield
+        return
     serialize.canonicalize = lambda ep, constants=None: ep
     try:
         yield
