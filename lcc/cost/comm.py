@@ -11,8 +11,7 @@ for cards without it); a profile without one gets :data:`PCIE` for a GPU and :da
 for the CPU (gloo over TCP loopback; :func:`measure_loopback` measures it, run on 2 ranks).
 Compute per rank is the roofline of its share: linear layers on L/N tokens, attention over 1/N of
 the causal pairs (head-tail balance), at the profile's peak matmul rate.  A rewritten program's own
-collectives (:func:`entry_collectives`, priced by ``lcc cost``) come from its ops' arguments; the
-ops whose declared costs take their tensors' shapes are priced by :func:`shapes_rule`.
+collectives (:func:`entry_collectives`, priced by ``lcc cost``) come from its ops' arguments.
 """
 
 from __future__ import annotations
@@ -23,9 +22,8 @@ from dataclasses import dataclass
 
 import sympy
 
-from lcc.cost.nodes import Kernel, NodeCost, is_tensor_node, op_name, register_rule
+from lcc.cost.nodes import is_tensor_node, op_name
 from lcc.cost.symbols import L, dim_expr, prod
-from lcc.ops import registry
 
 N = sympy.Symbol("N", positive=True, integer=True)  # ranks
 PCIE = ("PCIe Gen4 x16 (assumed)", 25e9, 10e-6)
@@ -132,31 +130,6 @@ def entry_collectives(gm) -> list[Collective]:
             fn = ISSUES[op_name(n.target)[1]]
             counts[fn(**_bind(fn, n, shape))] += 1
     return [Collective(c.name, c.bytes_in, c.calls * k, c.steps) for c, k in counts.items()]
-
-
-def shapes_rule(node, ctx) -> NodeCost:
-    """Price an lcc op whose declared cost (``registry.OpDef.cost``) takes its tensor arguments' shapes by name,
-    not the attention shape roles (``cp_shard``'s token ids, ``cp_gather_seq``'s hidden states)."""
-    opdef = registry.get(op_name(node.target)[1])
-    flops, moved, held = (sympy.sympify(x) for x in opdef.cost(**_bind(opdef.cost, node, ctx.shape)))
-    dtype = str(ctx.dtype(node)).removeprefix("torch.")
-    return NodeCost(node.name, "", kernels=(Kernel(flops, moved, "vector", dtype),), out_bytes=ctx.nbytes(node),
-                    work=held)
-
-
-def _takes_shapes(opdef) -> bool:
-    tensors = {a.name for a in opdef.op._schema.arguments if "Tensor" in str(a.type)}
-    return opdef.cost is not None and bool(tensors & set(inspect.signature(opdef.cost).parameters))
-
-
-def install() -> None:
-    """Register :func:`shapes_rule` for every declared op whose cost takes tensor arguments by name."""
-    for name, opdef in registry.ops().items():
-        if _takes_shapes(opdef):
-            register_rule("lcc", name, shapes_rule)
-
-
-install()
 
 
 def total_bytes(collectives: list[Collective]) -> sympy.Expr:

@@ -4,7 +4,8 @@
 through its ``OpDef.cost``, whose parameters are bound by name from the node: the shape
 roles of the vocabulary (``q``/``x`` [B, H, S, D], ``k`` [B, Hkv, Sk, D], ``v`` [.., Dv]),
 ``R`` (rotated channels, 2 * len(inv_freq)), ``itemsize``, and any schema argument of the
-same name (``mask``, ``feature_map``...).  An op whose cost cannot be bound is priced as
+same name (``mask``, ``feature_map``...; a tensor outside the roles as its shape tuple, and
+then ``itemsize`` as the first such tensor's when no role gives it: ``cp_shard``'s ids).  An op whose cost cannot be bound is priced as
 elementwise and reported as unpriced.  Ops with an unusual signature add a rule with
 :func:`lcc.cost.nodes.register_rule`.
 """
@@ -87,16 +88,21 @@ def generic_rule(node, ctx: Ctx) -> NodeCost:
         return cost
     args = _schema_args(node)
     roles = _roles(node, ctx, args)
-    kwargs = {}
+    kwargs, shaped = {}, None
     for p in inspect.signature(opdef.cost).parameters.values():
         if p.name in roles:
             kwargs[p.name] = roles[p.name]
-        elif p.name in args and not is_tensor_node(args[p.name]):
+        elif p.name in args and is_tensor_node(args[p.name]):  # a tensor outside the roles: its shape
+            kwargs[p.name] = tuple(ctx.shape(args[p.name]))
+            shaped = shaped or args[p.name]
+        elif p.name in args:
             kwargs[p.name] = args[p.name]
         elif p.default is inspect.Parameter.empty:
             cost = elementwise(node, ctx)
             cost.note = f"unpriced: cannot bind {p.name!r} of {name}'s cost"
             return cost
+    if shaped is not None and "itemsize" not in roles and "itemsize" in inspect.signature(opdef.cost).parameters:
+        kwargs["itemsize"] = ctx.itemsize(shaped)
     flops, moved, held = _declared_cost(opdef.cost, kwargs)
     dtype = str(ctx.dtype(node)).removeprefix("torch.")
     unit = "matmul" if "attention" in name else "vector"
