@@ -10,7 +10,8 @@ IO-aware kernel).  What runs depends on ``algo`` and the device (``lcc.ops.atten
   so a plan that wants the IO-aware kernel names ``flash``);
 - ``chunked:chunk=c``: c query rows at a time over the key ranges the mask can see;
 - ``flash`` on the CPU: PyTorch's fused SDPA kernel (tiled online softmax, causal blocks
-  skipped) for causal self-attention, the chunked path with a chunk it picks (<= 1024,
+  skipped) for causal self-attention and for queries that are the last of more keys (twice,
+  merged), the chunked path with a chunk it picks (<= 1024,
   >= 8 chunks) for anything else;
 - ``flash``/``decode`` on CUDA: the Triton kernels: tiles in SRAM, only the output in HBM.
 
@@ -67,13 +68,18 @@ def _visible(spec: MaskSpec, Sq, Sk, rows):
 
 @lru_cache(maxsize=4096, typed=True)
 def attention_node_cost(B, Hq, Hkv, Sq, Sk, D, Dv, mask: str, algo: str, device: str, itemsize: int = 4,
-                        dtype: str = "float32", self_attention: bool = True):
+                        dtype: str = "float32", self_attention: bool = True, suffix: bool = False):
     """(kernels, working set bytes beyond the output) of one attention call.
 
-    ``self_attention``: the queries are the keys (prefill without a cache offset), the case
-    the CPU ``flash`` path hands to PyTorch's fused kernel.  Memoised (its arguments and results are
-    immutable): every layer of every candidate the planner prices asks the same few questions, and building
-    these formulas was a quarter of the planner's time.
+    ``self_attention``: the queries are the last Sq of the keys and no cache length is given (prefill; a
+    context-parallel rank's chunk against the keys up to its end), the case the CPU ``flash`` path hands to
+    PyTorch's fused kernel: once when Sq is Sk, twice (prefix unmasked, diagonal block causal) merged by their
+    log-sum-exp when Sq < Sk (``lcc.ops.attention._causal_suffix_cpu``, which also expands GQA's K/V to the
+    query heads first).  ``suffix``: that second case, whose extra work (the K/V copies and the merge) is
+    priced only when the caller knows Sq < Sk (a context-parallel chunk): prefill prices the chunk L against
+    the keys K symbolically, one fused call where they are equal.  Memoised (its arguments and results are immutable): every layer of every candidate
+    the planner prices asks the same few questions, and building these formulas was a quarter of the
+    planner's time.
     """
     name, args = parse_algo(algo)
     spec = MaskSpec.parse(mask)
@@ -85,7 +91,14 @@ def attention_node_cost(B, Hq, Hkv, Sq, Sk, D, Dv, mask: str, algo: str, device:
         kernels = (Kernel(useful_flops, moved, "matmul", dtype),
                    Kernel(SDPA_VECTOR_FLOPS * B * Hq * pairs, sympy.Integer(0), "vector", dtype))
         qb, kb = SDPA_BLOCK  # score, softmax and accumulator blocks per thread (2), and the log-sum-exp rows
-        return kernels, sympy.Integer(4 * 3 * qb * kb * 2) + 4 * B * Hq * Sq
+        work = sympy.Integer(4 * 3 * qb * kb * 2) + 4 * B * Hq * Sq
+        if suffix:  # the suffix case: K/V copied to the query heads (GQA), two fp32 partials merged by lse
+            copies = itemsize * B * Hq * Sk * (D + Dv) if Hq != Hkv else 0
+            partials = 4 * B * Hq * Sq * (2 * Dv + 2)
+            kernels += (Kernel(6 * B * Hq * Sq * (Dv + 1), 2 * copies + partials + itemsize * B * Hq * Sq * Dv,
+                               "vector", dtype),)
+            work += copies + partials
+        return kernels, work
     if name == "reference":
         rows, pairs, keys = Sq, Sq * Sk, Sk
     elif name == "auto":
@@ -104,7 +117,9 @@ def attention_node_cost(B, Hq, Hkv, Sq, Sk, D, Dv, mask: str, algo: str, device:
     return kernels, work
 
 
-def working_set(B, Hq, Hkv, Sq, Sk, D, Dv, mask: str, algo: str, device: str, itemsize: int = 4):
+def working_set(B, Hq, Hkv, Sq, Sk, D, Dv, mask: str, algo: str, device: str, itemsize: int = 4,
+                self_attention: bool = True, suffix: bool = False):
     """Bytes an attention call holds while it runs, its output included."""
-    _, work = attention_node_cost(B, Hq, Hkv, Sq, Sk, D, Dv, mask, algo, device, itemsize)
+    _, work = attention_node_cost(B, Hq, Hkv, Sq, Sk, D, Dv, mask, algo, device, itemsize,
+                                  self_attention=self_attention, suffix=suffix)
     return work + itemsize * B * Hq * Sq * Dv

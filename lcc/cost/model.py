@@ -242,7 +242,7 @@ class ProgramCost:
         chunk = tokens // chunks_per_rank(balance)
         end = max(busiest_chunk_ends(chunk, ranks, balance))
         gathered = itemsize * B * Hkv * ranks * tokens * (D + Dv)
-        return gathered + working_set(B, Hq, Hkv, chunk, end, D, Dv, mask, algo, self.device, itemsize)
+        return gathered + working_set(B, Hq, Hkv, chunk, end, D, Dv, mask, algo, self.device, itemsize, suffix=True)
 
 
 def cache_extent(program: Program) -> int:

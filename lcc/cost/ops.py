@@ -1,6 +1,6 @@
 """Cost rules for the lcc op vocabulary: each op's own cost function (``lcc.ops.registry``) bound to a node.
 
-``lcc.attention`` is priced per ``algo`` (:mod:`lcc.cost.attention`); every other lcc op
+``lcc.attention`` and ``lcc.cp_attention`` are priced per ``algo`` (:mod:`lcc.cost.attention`); every other lcc op
 through its ``OpDef.cost``, whose parameters are bound by name from the node: the shape
 roles of the vocabulary (``q``/``x`` [B, H, S, D], ``k`` [B, Hkv, Sk, D], ``v`` [.., Dv]),
 ``R`` (rotated channels, 2 * len(inv_freq)), ``itemsize``, and any schema argument of the
@@ -46,6 +46,35 @@ def attention_rule(node, ctx: Ctx) -> NodeCost:
                                         ctx.device, ctx.itemsize(q), dtype, self_attention)
     return NodeCost(node.name, "", kernels=kernels, out_bytes=ctx.nbytes(node), work=work,
                     note=f"{a['mask']} {a['algo']}")
+
+
+def cp_attention_rule(node, ctx: Ctx) -> NodeCost:
+    """A context-parallel rank's prefill attention by its ``algo``, as ``lcc.ops.context_parallel`` runs it: the
+    busiest rank's local chunks, each one attention call against the gathered keys up to its end (the queries
+    the last of those keys: on the CPU, ``flash`` is the fused suffix path), after the all-gather's output is
+    written and put in position order (``cp_attention_cost``'s traffic; the bytes over the link are
+    :mod:`lcc.cost.comm`'s).  Held: the gathered K/V and the busiest call's working set."""
+    from lcc.ops.context_parallel import busiest_chunk_ends, chunks_per_rank
+
+    a = _schema_args(node)
+    q, k, v = a["q"], a["k"], a["v"]
+    B, Hq, Sq, D = ctx.shape(q)
+    _, Hkv, Sk, _ = ctx.shape(k)
+    Dv = ctx.shape(v)[-1]
+    itemsize, dtype = ctx.itemsize(q), str(ctx.dtype(node)).removeprefix("torch.")
+    ranks, per = a["ranks"], chunks_per_rank(a["balance"])
+    chunk, Sk = Sq / per, ctx.keys(node, Sk)
+    kernels, work = [], sympy.Integer(0)
+    for end in busiest_chunk_ends(Sk / per, ranks, a["balance"]):
+        ks, w = attention_node_cost(B, Hq, Hkv, chunk, end, D, Dv, a["mask"], a["algo"], ctx.device, itemsize,
+                                    dtype, True, True)
+        kernels.extend(ks)
+        work = sympy.Max(work, w)
+    gathered = B * Hkv * ranks * Sk * (D + Dv)
+    kernels.append(Kernel(0, itemsize * (B * Hkv * Sk * (D + Dv) + 3 * gathered + 2 * B * Hq * Sq * Dv), "vector",
+                          dtype))
+    return NodeCost(node.name, "", kernels=tuple(kernels), out_bytes=ctx.nbytes(node), work=itemsize * gathered + work,
+                    note=f"{a['mask']} {a['algo']} x{ranks} ranks")
 
 
 def _roles(node, ctx: Ctx, args: dict) -> dict:
@@ -134,6 +163,7 @@ def install() -> None:
     for name in registry.ops():
         RULES.setdefault(("lcc", name), generic_rule)
     RULES[("lcc", "attention")] = attention_rule
+    RULES[("lcc", "cp_attention")] = cp_attention_rule
 
 
 def rule_for_lcc(name: str):

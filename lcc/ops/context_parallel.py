@@ -235,7 +235,10 @@ def busiest_chunk_ends(chunk, ranks: int, balance: str) -> list:
 
 def cp_attention_cost(B, Hq, Hkv, Sq, Sk, D, Dv, mask: str, ranks: int, balance: str, itemsize: int = 4):
     """Each local chunk's pairs against the keys up to its end (the busiest rank), the IO of one IO-aware call per
-    chunk plus the gathered K/V written by the all-gather and put in position order; held: the gathered K/V."""
+    chunk plus the gathered K/V written by the all-gather and put in position order, and the chunks' outputs
+    concatenated; held: the gathered K/V.  The op's work as an IO-aware kernel does it, whatever its ``algo``:
+    the planner prices the algo that runs (``lcc.cost.ops.cp_attention_rule``), as ``attention_cost`` and
+    ``attention_rule`` do for ``lcc.attention``."""
     per = chunks_per_rank(balance)
     chunk, key_chunk = Sq / per, Sk / per
     ends = busiest_chunk_ends(key_chunk, ranks, balance)
@@ -243,7 +246,7 @@ def cp_attention_cost(B, Hq, Hkv, Sq, Sk, D, Dv, mask: str, ranks: int, balance:
     flops = pairs * B * Hq * (2 * D + 2 * Dv)
     gathered = B * Hkv * ranks * Sk * (D + Dv)
     moved = itemsize * (B * (Hq * Sq * D + Hkv * sum(ends) * (D + Dv) + Hq * Sq * Dv)
-                        + B * Hkv * Sk * (D + Dv) + 3 * gathered)
+                        + B * Hkv * Sk * (D + Dv) + 3 * gathered + 2 * B * Hq * Sq * Dv)
     return flops, moved, itemsize * gathered
 
 

@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from lcc.cost import cli, comm
 from lcc.cost.hardware import load_profile
 from lcc.cost.model import program_cost
+from lcc.cost.symbols import at
 from lcc.ops import registry
 from lcc.passes import apply_passes
 
@@ -144,3 +145,41 @@ def test_plan_says_when_context_parallelism_falls_back_from_the_quality_asked(ru
     text = " ".join(r.output.split())
     assert "no candidate it composes with (flash, attention-chunked, rope-scaling) meets --quality exact at 16k; " \
            "priced and proposed on the model without other passes" in text, r.output
+
+
+@pytest.mark.parametrize("n", [4096, 32768])
+def test_cp_attention_is_priced_by_the_algo_it_runs(tiny_program, n):
+    """A rank runs its chunks with the layer's own ``algo`` (``lcc.ops.context_parallel`` calls ``lcc.attention``
+    per chunk against the gathered keys up to its end; head-tail: rank N - 1 holds chunks N - 1 and N of 2N).
+    Oracles from the implementations: ``flash`` on CUDA is the IO-aware kernel (each chunk's q, its keys and
+    values up to its end read, its output written; no score through memory), then the gathered K/V written by
+    the all-gather, put in position order and read back, and the chunks' outputs concatenated; ``auto`` (no
+    ``flash`` pass) streams every score of a chunk against all its keys through memory; on the CPU ``flash``
+    is the fused suffix path, whose matmul FLOPs are the kept causal pairs and whose working set does not
+    hold a chunk's scores."""
+    s, ranks = tiny_program[0].spec, 2
+    B, H, Hkv, D, item = 1, s.heads, s.kv_heads, s.head_dim, 4
+    tokens = n // ranks
+    chunk = tokens // 2
+    ends = (ranks * chunk, (ranks + 1) * chunk)
+    gathered = B * Hkv * ranks * tokens * 2 * D
+
+    def layers(passes, device):
+        pc = program_cost(apply_passes(tiny_program[1], [*passes, f"context-parallel:ranks={ranks}"]), device)
+        nodes = [x for x in pc.prefill.nodes if x.op == "lcc.cp_attention"]
+        assert len(nodes) == s.layers
+        return nodes[0]
+
+    flash = layers(["flash"], "cuda")
+    io = item * B * sum(H * chunk * D + Hkv * end * 2 * D + H * chunk * D for end in ends)
+    rest = item * (B * Hkv * tokens * 2 * D + 3 * gathered + 2 * B * H * tokens * D)
+    assert at(flash.bytes, n) == io + rest
+    pairs = sum(chunk * (end - chunk) + chunk * (chunk + 1) / 2 for end in ends)
+    assert at(flash.flops, n) == pytest.approx(B * H * 4 * D * pairs, rel=1e-12)
+    scores = B * H * sum(chunk * end for end in ends)  # auto: every key up to the chunk's end, no skipping
+    auto = layers([], "cuda")
+    assert at(auto.bytes, n) > 32 * scores > 10 * at(flash.bytes, n)
+    cpu = layers(["flash"], "cpu")
+    assert at(sum(k.flops for k in cpu.kernels if k.unit == "matmul"), n) == pytest.approx(B * H * 4 * D * pairs,
+                                                                                          rel=1e-12)
+    assert at(cpu.work, n) < item * gathered + 4 * B * H * chunk * ends[-1]
