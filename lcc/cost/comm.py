@@ -3,7 +3,7 @@
 A collective over N ranks of a ring (NCCL's and gloo's all-gather) moves (N - 1) / N of the
 gathered bytes into each rank in N - 1 steps: time = bytes_in / link_bandwidth + (N - 1) x
 link_latency (Thakur et al. 2005, ring all-gather).  Prefill all-gathers each layer's K and V
-(every rank receives the other ranks' L (N-1)/N tokens) and the final hidden state; a ring
+(every rank receives the other ranks' L (N-1)/N tokens) and the last token's hidden state; a ring
 attention (Liu et al. 2023) would move the same K/V bytes, overlapped with compute, holding 2 L/N
 tokens instead of L per layer.  Decode all-gathers each layer's partial output and log-sum-exp
 per step.  The link comes from the hardware profile (``[link]``: NVLink for h100 / h200, PCIe
@@ -62,10 +62,11 @@ def kv_bytes_per_token(spec, itemsize: int, batch: int = 1) -> int:
 
 
 def prefill_collectives(spec, itemsize: int, batch: int = 1) -> list[Collective]:
-    """All-gather of K and of V per layer (two collectives), and of the last hidden state before the LM head."""
+    """All-gather of K and of V per layer (two collectives), and of the last token's hidden state before the LM
+    head (one row per rank, the owner's kept: ``lcc.cp_gather_last``)."""
     share = L * (N - 1) / N
     return [Collective("all-gather K/V", share * kv_bytes_per_token(spec, itemsize, batch), spec.layers, 2 * (N - 1)),
-            Collective("all-gather hidden", share * batch * spec.hidden * itemsize, 1)]
+            Collective("all-gather last hidden", (N - 1) * batch * spec.hidden * itemsize, 1)]
 
 
 def decode_collectives(spec, batch: int = 1) -> list[Collective]:
@@ -84,13 +85,19 @@ def _seq_gather(x, ranks: int, itemsize: int) -> Collective:
     return Collective("all-gather hidden", (ranks - 1) * prod(x) * itemsize, 1, ranks - 1)
 
 
+def _last_gather(x, dim: int, ranks: int, itemsize: int) -> Collective:
+    """One row of ``x`` (its ``dim`` taken as 1) from every rank."""
+    return Collective("all-gather last hidden", (ranks - 1) * prod(x) / x[dim] * itemsize, 1, ranks - 1)
+
+
 def _partials_gather(q, v, ranks: int) -> Collective:
     """Each rank's partial output [B, Hq, 1, Dv] and log-sum-exp [B, Hq, 1], fp32 whatever the cache dtype."""
     B, Hq = q[0], q[1]
     return Collective("all-gather partial out + lse", (ranks - 1) * B * Hq * (v[-1] + 1) * 4, 1, 2 * (ranks - 1))
 
 
-ISSUES = {"cp_attention": _kv_gather, "cp_gather_seq": _seq_gather, "cp_decode_attention": _partials_gather}
+ISSUES = {"cp_attention": _kv_gather, "cp_gather_seq": _seq_gather, "cp_gather_last": _last_gather,
+          "cp_decode_attention": _partials_gather}
 
 
 def _bind(fn, node, shape) -> dict:

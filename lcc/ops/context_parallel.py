@@ -125,6 +125,34 @@ def _(x, input_ids, dim, ranks, balance):
     return x.new_empty(shape)
 
 
+def last_owner(seq: int, ranks: int, balance: str) -> tuple[int, int]:
+    """(rank, local index) holding position ``seq - 1``, the prompt's last token, in the shard layout."""
+    pos = shard_positions(seq, ranks, balance)
+    flat = int((pos.reshape(-1) == seq - 1).nonzero()[0])
+    return divmod(flat, pos.shape[1])
+
+
+def gather_last_reference(x: torch.Tensor, input_ids: torch.Tensor, dim: int, ranks: int,
+                          balance: str) -> torch.Tensor:
+    """The prompt's last position of ``x`` along ``dim`` (size 1 there), on every rank: each rank all-gathers one
+    row (its own at that position if it holds it, else its first) and keeps the owner's.  What ``prefill``
+    needs before the LM head, at N rows of traffic instead of the whole sequence :func:`gather_seq_reference`
+    would gather (L x hidden per rank: 16 GB for a 4096-wide model at 1M tokens in fp32)."""
+    owner, index = last_owner(input_ids.shape[1], ranks, balance)
+    row = x.narrow(dim, index if _rank(ranks) == owner else 0, 1)
+    return all_gather(row, ranks, dim).narrow(dim, owner, 1).contiguous()
+
+
+cp_gather_last = torch.library.custom_op("lcc::cp_gather_last", gather_last_reference, mutates_args=())
+
+
+@cp_gather_last.register_fake
+def _(x, input_ids, dim, ranks, balance):
+    shape = list(x.shape)
+    shape[dim] = 1
+    return x.new_empty(shape)
+
+
 def cp_attention_reference(q, k, v, scale, mask="causal", algo="auto", softcap=0.0, ranks=2, balance="head-tail",
                            attend=None):
     """Gather K/V, restore position order, then each local chunk attends to the keys up to its end."""
@@ -274,6 +302,13 @@ def cp_gather_seq_cost(x, input_ids, dim: int, ranks: int, balance: str, itemsiz
     return 0, itemsize * (shard + 3 * gathered + out), itemsize * gathered
 
 
+def cp_gather_last_cost(x, dim: int, ranks: int, itemsize: int = 4):
+    """One row of the shard ``x`` read and sent, the N rows written by the all-gather, the owner's copied out;
+    held: the N rows."""
+    row = math.prod(x) / x[dim]
+    return 0, itemsize * (row + ranks * row + 2 * row), itemsize * ranks * row
+
+
 def cp_decode_slot_cost(codes, itemsize: int = 8):
     """The position codes [B, slots] read once to count the filled slots."""
     B, slots = codes
@@ -285,6 +320,8 @@ _DECLARED = (
      "this rank's slice of the prompt (head-tail or contiguous), positions, codes"),
     ("cp_gather_seq", gather_seq_reference, cp_gather_seq_cost,
      "all-gather of a sequence-sharded tensor back into position order"),
+    ("cp_gather_last", gather_last_reference, cp_gather_last_cost,
+     "the prompt's last position of a sequence-sharded tensor, from the rank that holds it"),
     ("cp_attention", cp_attention_reference, cp_attention_cost,
      "prefill attention over all-gathered K/V, per local chunk"),
     ("cp_decode_slot", decode_slot_reference, cp_decode_slot_cost,

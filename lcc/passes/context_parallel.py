@@ -3,8 +3,10 @@
 Prefill entries shard the prompt first (``lcc.cp_shard``: head-tail by default, padded with
 tokens past the end), rotate each token by its own position, run every ``lcc.attention`` as
 ``lcc.cp_attention`` (all-gather of K/V, then the layer's own mask and algorithm per chunk),
-keep only the rank's tokens in its cache, and all-gather the last hidden state before the LM
-head so every rank returns the same logits.  All-gather of K/V is chosen over a ring: it is
+keep only the rank's tokens in its cache, and hand the LM head the same hidden state on every
+rank so every rank returns the same logits: the last token's, from the rank that holds it
+(``lcc.cp_gather_last``) where the entry returns the last position's logits, the whole
+sequence's (``lcc.cp_gather_seq``) where it returns every position's.  All-gather of K/V is chosen over a ring: it is
 exact by construction (the unchanged single-device kernel per chunk, no merge of partial
 softmaxes), a single collective per layer that gloo and NCCL both provide, and at the
 lengths where memory forces context parallelism the gathered K/V of one layer is small next
@@ -88,6 +90,14 @@ def _logits_input(gm: torch.fx.GraphModule) -> tuple[torch.fx.Node, torch.fx.Nod
     return base, reader
 
 
+def _is_last_position(reader: torch.fx.Node, base: torch.fx.Node) -> bool:
+    """Whether ``reader`` is ``base[:, -1:]`` (the capture's ``logits_to_keep=1`` slice)."""
+    if reader.target is not aten.slice.Tensor or reader.args[0] is not base:
+        return False
+    dim, start, end, step = (list(reader.args[1:]) + [0, None, None, 1][len(reader.args) - 1:])[:4]
+    return dim == 1 and start == -1 and (end is None or end >= 2**62) and step == 1
+
+
 def _rewrite_prefill(gm: torch.fx.GraphModule, layers: int, names: list[str], ranks: int, balance: str) -> None:
     graph = gm.graph
     for node in [n for n in graph.nodes if n.op == "call_module" and n.target == "_guards_fn"]:
@@ -115,9 +125,15 @@ def _rewrite_prefill(gm: torch.fx.GraphModule, layers: int, names: list[str], ra
         attn.replace_all_uses_with(new)
         graph.erase_node(attn)
     base, reader = _logits_input(gm)
-    with graph.inserting_after(base):
-        gathered = graph.call_function(torch.ops.lcc.cp_gather_seq.default, (base, ids, 1, ranks, balance))
-    reader.replace_input_with(base, gathered)
+    if _is_last_position(reader, base):  # prefill: only the last token reaches the LM head
+        with graph.inserting_after(reader):
+            last = graph.call_function(torch.ops.lcc.cp_gather_last.default, (base, ids, 1, ranks, balance))
+        reader.replace_all_uses_with(last)
+        graph.erase_node(reader)
+    else:
+        with graph.inserting_after(base):
+            gathered = graph.call_function(torch.ops.lcc.cp_gather_seq.default, (base, ids, 1, ranks, balance))
+        reader.replace_input_with(base, gathered)
     out = next(n for n in graph.nodes if n.op == "output")
     results = list(out.args[0])
     if len(results) == 2 + len(names):  # prefill_full: the stacked hidden states [L+1, B, S, H]

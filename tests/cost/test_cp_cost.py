@@ -2,7 +2,8 @@
 
 Oracles, written here from the collectives' definitions: each rank of a ring all-gather over N ranks receives the
 other N - 1 ranks' shards in N - 1 messages (Thakur et al. 2005); ``cp_attention`` all-gathers a layer's K and,
-apart, its V (two collectives), ``cp_gather_seq`` the last hidden state, ``cp_decode_attention`` each layer's fp32
+apart, its V (two collectives), ``cp_gather_last`` one row of the last hidden state per rank (the last token's,
+from the rank that holds it), ``cp_decode_attention`` each layer's fp32
 partial output and, apart, its log-sum-exp; a rank's cache holds ceil(C / N) + 3 slots plus a spare one, each
 with K, V and an int64 position code (the pass's layout).  Symbolic pricing only: no process group is started.
 """
@@ -69,7 +70,7 @@ def test_lcc_cost_reports_the_all_gathers_bytes_and_link_time(run, tiny_program,
     for row, n in zip(doc["lengths"], LENGTHS):
         others = (ranks - 1) * n / ranks  # tokens of the other ranks, received by this one
         kv = others * 2 * s.kv_heads * s.head_dim * 4  # one layer's K and V, fp32
-        hidden = others * s.hidden * 4
+        hidden = (ranks - 1) * s.hidden * 4  # the last token's row from every rank, not the whole sequence
         assert row["ranks"] == ranks and row["comm_bytes"] == s.layers * kv + hidden
         expected = s.layers * all_gather_time(kv, 2 * (ranks - 1), h100) + all_gather_time(hidden, ranks - 1, h100)
         assert row["comm_time"] == pytest.approx(expected, rel=1e-12)
@@ -121,8 +122,12 @@ def test_a_ranks_cache_is_one_nth_of_the_single_device_cache_within_the_padding(
 
 def test_every_context_parallel_op_has_a_cost_rule(tiny_program):
     cp_ops = [name for name in registry.ops() if name.startswith("cp_")]
-    assert len(cp_ops) == 5 and all(registry.get(name).cost is not None for name in cp_ops)
-    program = apply_passes(tiny_program[1], ["sliding-window:window=64,sinks=4", "context-parallel:ranks=4"])
+    assert len(cp_ops) == 6 and all(registry.get(name).cost is not None for name in cp_ops)
+    from lcc.capture import capture
+    from lcc.passes import canonicalize
+
+    every = canonicalize(capture(tiny_program[0], 128, entries=("prefill_logits", "prefill", "decode")))
+    program = apply_passes(every, ["sliding-window:window=64,sinks=4", "context-parallel:ranks=4"])
     pc = program_cost(program, "cpu")
     priced = {node.op for e in pc.entries.values() for node in e.nodes}
     assert {f"lcc.{name}" for name in cp_ops} <= priced

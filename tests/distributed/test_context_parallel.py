@@ -16,7 +16,7 @@ import torch
 from lcc.capture.export import capture
 from lcc.errors import UsageError
 from lcc.ops.attention import attention_reference
-from lcc.ops.context_parallel import merge_partials, partial_attention, shard_positions
+from lcc.ops.context_parallel import last_owner, merge_partials, partial_attention, shard_positions
 from lcc.passes import apply_passes, canonicalize
 from lcc.passes.context_parallel import cp_layout
 from lcc.distributed.launch import RankFailed, entry_logits, launch, run_entry_logits
@@ -130,6 +130,36 @@ def _die_on_rank_1():
         os.kill(os.getpid(), signal.SIGKILL)
     dist.all_reduce(torch.ones(1))  # rank 0 waits for a peer that is gone
     return "unreachable"
+
+
+def _last_rows(cases):
+    """In each rank: ``cp_gather_last`` of the rank's shard of the positions 0..S-1, for each (S, balance)."""
+    from lcc.ops.context_parallel import gather_last_reference
+
+    out = []
+    for seq, balance in cases:
+        pos = shard_positions(seq, 4, balance)[torch.distributed.get_rank()].float()
+        x = torch.stack([pos, -pos], -1)[None]  # [1, local, 2]: each row names its position
+        out.append(gather_last_reference(x, torch.zeros(1, seq, dtype=torch.long), 1, 4, balance))
+    return out
+
+
+def test_the_last_tokens_row_comes_from_the_rank_that_holds_it():
+    """Oracle: the shard layout's definition (``shard_positions``): the row returned is position S - 1's, for
+    prompts whose last token falls on each of the 4 ranks, in either balance, padding or not."""
+    cases = [(seq, "head-tail") for seq in (9, 12, 13, 16, 29)] + [(seq, "contiguous") for seq in (6, 8, 29)]
+    owners = {c: last_owner(c[0], 4, c[1])[0] for c in cases}
+    assert {o for (_, b), o in owners.items() if b == "head-tail"} == {0, 1, 2, 3}
+    assert {o for (_, b), o in owners.items() if b == "contiguous"} == {2, 3}
+    for (seq, _), row in zip(cases, launch(4, _last_rows, cases)):
+        assert row.tolist() == [[[seq - 1, -(seq - 1)]]]
+
+
+def test_prefill_gathers_only_the_last_token_and_prefill_logits_every_position(programs):
+    cp = apply_passes(programs["llama"], ["context-parallel:ranks=2"])
+    ops = {name: [str(n.target) for n in gm.graph.nodes if str(n.target).startswith("lcc.cp_gather")]
+           for name, gm in cp.entries.items() if name != "decode"}
+    assert ops == {"prefill": ["lcc.cp_gather_last.default"], "prefill_logits": ["lcc.cp_gather_seq.default"]}
 
 
 def test_killed_rank_is_named_on_one_line_within_the_timeout():
