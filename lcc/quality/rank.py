@@ -6,6 +6,9 @@ its trained length, on the same text and prompts):
 - ``exact``: exact passes only, within the trained length (past it nothing qualifies: intended).
 - ``balanced`` (the default): among candidates whose retrieval ratio at the target is >= 0.9, the
   fastest whose perplexity ratio is within 10% of the best of them.
+- For ``balanced`` and ``retrieval``, figures measured at (or past) the target outrank figures
+  extrapolated from a shorter length or borrowed (priors): the latter compete only where no
+  candidate is measured at the target.
 - ``retrieval``: the highest retrieval ratio, then the lowest perplexity ratio, then speed.
 - ``any``: the fastest that fits, whatever its quality.
 
@@ -52,7 +55,10 @@ def risk(estimate, extrapolated_or_prior: bool) -> str:
 
 
 def speed_key(c):
-    return (c.prefill_time, -(c.decode_tokens_per_s or 0), c.memory, len(c.passes))
+    """Fastest first; between candidates as fast, the better-founded quality figure (a measurement before a
+    prior: ``risk``), then the shorter pass list."""
+    risk_level = RISKS.index(c.risk) if getattr(c, "risk", None) in RISKS else len(RISKS)
+    return (c.prefill_time, -(c.decode_tokens_per_s or 0), c.memory, risk_level, len(c.passes))
 
 
 def rank(cands, quality: str, beyond: bool) -> Ranked:
@@ -74,6 +80,17 @@ def rank(cands, quality: str, beyond: bool) -> Ranked:
             why[i] = f"retrieval ratio {c.estimate.retrieval_ratio:.2f} < {RETRIEVAL_MIN}"
         else:
             pool.append(c)
+    if quality in ("balanced", "retrieval"):
+        # a figure measured at (or past) the target outranks one carried there from a shorter length or borrowed
+        # (a 16k perplexity ratio is no rival for a 32k one): while some candidate has one, the others wait
+        at_target = [c for c in pool if c.estimate.source in ("record", "exact") and not c.estimate.extrapolated]
+        if at_target:
+            for c in pool:
+                if c not in at_target:
+                    came = (f"extrapolated from {c.estimate.length} tokens" if c.estimate.source == "record"
+                            else "from a prior")
+                    why[cands.index(c)] = f"quality {came} while others are measured at the target"
+            pool = at_target
     if quality == "balanced" and pool:
         known = [c.estimate.ppl_ratio for c in pool if c.estimate.ppl_ratio is not None]
         best = min(known) if known else None

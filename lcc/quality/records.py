@@ -107,15 +107,25 @@ class Records:
             return None
         longer = sorted((r for r in rows if r.length >= length), key=lambda r: r.length)
         extrapolated = not longer
-        row = longer[0] if longer else max(rows, key=lambda r: r.length)
+        measured = longer[0].length if longer else max(r.length for r in rows)
+        # one cell may be several rows (a row per perplexity protocol, the passkey on one of them): the perplexity
+        # of the first-window protocol where there is one (the protocol every record has, so ratios compare
+        # across candidates), the passkey of the row at that length with the most prompts
+        at = [r for r in rows if r.length == measured]
+        row = next((r for r in at if r.ppl_protocol == PPL_PROTOCOLS[0] and r.ppl is not None),
+                   next((r for r in at if r.ppl is not None), at[0]))
+        keyed = max((r for r in at if r.passkey is not None), key=lambda r: r.passkey_trials, default=None)
         base = self.baseline(row.ppl_protocol)
         ppl_ratio = row.ppl / base.ppl if row.ppl is not None and base and base.ppl else None
-        retrieval = (row.passkey / base.passkey if row.passkey is not None and base and base.passkey
-                     else None)
+        key_base = self.baseline(keyed.ppl_protocol) if keyed is not None else None
+        if keyed is not None and (key_base is None or key_base.passkey is None):
+            key_base = next((b for b in map(self.baseline, PPL_PROTOCOLS) if b and b.passkey), None)
+        passkey = keyed.passkey if keyed is not None else None
+        retrieval = passkey / key_base.passkey if passkey is not None and key_base and key_base.passkey else None
         where = f"{row.device or 'unknown device'}, {row.dtype}, {row.date}"
         detail = (f"measured at {row.length} tokens ({where}; {row.source})" if not extrapolated else
                   f"extrapolated from the longest measurement, {row.length} tokens ({where}; {row.source})")
-        return Estimate(row.ppl, row.passkey, ppl_ratio, retrieval, row.length, extrapolated, "record", detail)
+        return Estimate(row.ppl, passkey, ppl_ratio, retrieval, row.length, extrapolated, "record", detail)
 
     def merge(self, rows: list[Row]) -> None:
         """Add ``rows``; a row for the same quality-relevant passes (canonical spelling: ``factor=4`` and

@@ -73,3 +73,17 @@ def test_exact_qualifies_only_exact_lists_within_the_trained_length():
     (est(1.8, 0.6), False, "medium"), (est(3.0, 0.0), False, "high"), (None, False, "unmeasured")])
 def test_risk_summarises_the_ratios_and_is_raised_for_extrapolated_or_borrowed_figures(estimate, extra, level):
     assert risk(estimate, extra) == level
+
+
+@pytest.mark.parametrize("quality", ["balanced", "retrieval"])
+def test_a_figure_measured_at_the_target_outranks_one_carried_from_a_shorter_length(quality):
+    """A perplexity ratio from 16k carried to 32k (or a prior) is no rival for one measured at 32k: while some
+    candidate is measured at the target, the extrapolated and borrowed ones wait; where none is, they compete."""
+    measured = Cand(["measured-at-target"], 3.0, est(2.4, 1.1))
+    carried = Cand(["extrapolated"], 1.0, est(1.3, 1.0, extrapolated=True))
+    borrowed = Cand(["prior"], 1.0, est(1.2, 1.1, source="prior"))
+    ranked = rank([carried, borrowed, measured], quality, beyond=True)
+    assert names(ranked) == ["measured-at-target"]
+    assert "while others are measured at the target" in ranked.why_not[0] and ranked.why_not[1]
+    assert names(rank([carried, borrowed], quality, beyond=True)) == (
+        ["extrapolated", "prior"] if quality == "balanced" else ["prior", "extrapolated"])

@@ -35,6 +35,19 @@ def test_a_length_between_measurements_uses_the_next_longer_one():
     assert est.retrieval_ratio == pytest.approx(0.4 / 0.8)
 
 
+@pytest.mark.parametrize("last_first", [True, False])
+def test_a_cell_of_two_protocol_rows_gives_the_first_window_ratio_and_the_passkey(last_first):
+    """bench/rope_table.py writes a cell as a first-window row (with the passkey) and a last-4096 row (without):
+    whichever comes first, the estimate divides each figure by the baseline of its own protocol and keeps the
+    passkey (a candidate without it fails every quality level that asks for retrieval)."""
+    rows = [Row(("flash",), 1024, ppl=5.0, passkey=0.8), Row(("flash",), 1024, ppl=10.0, ppl_protocol="last-4096")]
+    cell = [Row((DYN, "flash"), 2048, ppl=12.0, ppl_protocol="last-4096"), Row((DYN, "flash"), 2048, ppl=6.0,
+                                                                                passkey=1.0, passkey_trials=9)]
+    est = Records("m", "abc", 1024, rows + (cell if last_first else cell[::-1])).estimate([DYN, "flash"], 2048)
+    assert est.ppl == 6.0 and est.ppl_ratio == pytest.approx(6.0 / 5.0)
+    assert est.passkey == 1.0 and est.retrieval_ratio == pytest.approx(1.0 / 0.8)
+
+
 def test_past_the_longest_measurement_the_estimate_is_extrapolated():
     est = records().estimate([DYN], 8192)
     assert est.extrapolated and est.length == 4096 and "extrapolated" in est.detail
