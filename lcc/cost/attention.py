@@ -77,9 +77,9 @@ def attention_node_cost(B, Hq, Hkv, Sq, Sk, D, Dv, mask: str, algo: str, device:
     log-sum-exp when Sq < Sk (``lcc.ops.attention._causal_suffix_cpu``, which also expands GQA's K/V to the
     query heads first).  ``suffix``: that second case, whose extra work (the K/V copies and the merge) is
     priced only when the caller knows Sq < Sk (a context-parallel chunk): prefill prices the chunk L against
-    the keys K symbolically, one fused call where they are equal.  Memoised (its arguments and results are immutable): every layer of every candidate
-    the planner prices asks the same few questions, and building these formulas was a quarter of the
-    planner's time.
+    the keys K symbolically, one fused call where they are equal.  Memoised (its arguments and results are
+    immutable): every layer of every candidate the planner prices asks the same few questions, and building
+    these formulas was a quarter of the planner's time.
     """
     name, args = parse_algo(algo)
     spec = MaskSpec.parse(mask)
@@ -118,8 +118,7 @@ def attention_node_cost(B, Hq, Hkv, Sq, Sk, D, Dv, mask: str, algo: str, device:
 
 
 def working_set(B, Hq, Hkv, Sq, Sk, D, Dv, mask: str, algo: str, device: str, itemsize: int = 4,
-                self_attention: bool = True, suffix: bool = False):
+                suffix: bool = False):
     """Bytes an attention call holds while it runs, its output included."""
-    _, work = attention_node_cost(B, Hq, Hkv, Sq, Sk, D, Dv, mask, algo, device, itemsize,
-                                  self_attention=self_attention, suffix=suffix)
+    _, work = attention_node_cost(B, Hq, Hkv, Sq, Sk, D, Dv, mask, algo, device, itemsize, suffix=suffix)
     return work + itemsize * B * Hq * Sq * Dv

@@ -1,12 +1,12 @@
 """Cost rules for the lcc op vocabulary: each op's own cost function (``lcc.ops.registry``) bound to a node.
 
-``lcc.attention`` and ``lcc.cp_attention`` are priced per ``algo`` (:mod:`lcc.cost.attention`); every other lcc op
-through its ``OpDef.cost``, whose parameters are bound by name from the node: the shape
-roles of the vocabulary (``q``/``x`` [B, H, S, D], ``k`` [B, Hkv, Sk, D], ``v`` [.., Dv]),
+``lcc.attention`` and ``lcc.cp_attention`` are priced per ``algo`` (:mod:`lcc.cost.attention`);
+every other lcc op through its ``OpDef.cost``, whose parameters are bound by name from the node:
+the shape roles of the vocabulary (``q``/``x`` [B, H, S, D], ``k`` [B, Hkv, Sk, D], ``v`` [.., Dv]),
 ``R`` (rotated channels, 2 * len(inv_freq)), ``itemsize``, and any schema argument of the
 same name (``mask``, ``feature_map``...; a tensor outside the roles as its shape tuple, and
-then ``itemsize`` as the first such tensor's when no role gives it: ``cp_shard``'s ids).  An op whose cost cannot be bound is priced as
-elementwise and reported as unpriced.  Ops with an unusual signature add a rule with
+then ``itemsize`` as the first such tensor's when no role gives it: ``cp_shard``'s ids).  An op
+whose cost cannot be bound is priced as elementwise and reported as unpriced.  Ops with an unusual signature add a rule with
 :func:`lcc.cost.nodes.register_rule`.
 """
 
@@ -54,7 +54,7 @@ def cp_attention_rule(node, ctx: Ctx) -> NodeCost:
     the last of those keys: on the CPU, ``flash`` is the fused suffix path), after the all-gather's output is
     written and put in position order (``cp_attention_cost``'s traffic; the bytes over the link are
     :mod:`lcc.cost.comm`'s).  Held: the gathered K/V and the busiest call's working set."""
-    from lcc.ops.context_parallel import busiest_chunk_ends, chunks_per_rank
+    from lcc.ops.context_parallel import busiest_chunk_ends, chunks_per_rank, gather_traffic
 
     a = _schema_args(node)
     q, k, v = a["q"], a["k"], a["v"]
@@ -67,13 +67,12 @@ def cp_attention_rule(node, ctx: Ctx) -> NodeCost:
     kernels, work = [], sympy.Integer(0)
     for end in busiest_chunk_ends(Sk / per, ranks, a["balance"]):
         ks, w = attention_node_cost(B, Hq, Hkv, chunk, end, D, Dv, a["mask"], a["algo"], ctx.device, itemsize,
-                                    dtype, True, True)
+                                    dtype, self_attention=True, suffix=True)
         kernels.extend(ks)
         work = sympy.Max(work, w)
-    gathered = B * Hkv * ranks * Sk * (D + Dv)
-    kernels.append(Kernel(0, itemsize * (B * Hkv * Sk * (D + Dv) + 3 * gathered + 2 * B * Hq * Sq * Dv), "vector",
-                          dtype))
-    return NodeCost(node.name, "", kernels=tuple(kernels), out_bytes=ctx.nbytes(node), work=itemsize * gathered + work,
+    moved, gathered = gather_traffic(B, Hq, Hkv, Sq, Sk, D, Dv, ranks, itemsize)
+    kernels.append(Kernel(0, moved, "vector", dtype))
+    return NodeCost(node.name, "", kernels=tuple(kernels), out_bytes=ctx.nbytes(node), work=gathered + work,
                     note=f"{a['mask']} {a['algo']} x{ranks} ranks")
 
 
@@ -92,7 +91,8 @@ def remap_attention_rule(node, ctx: Ctx) -> NodeCost:
     a = _schema_args(node)
     B, Hq, Sq, _ = ctx.shape(a["q"])
     Sk = ctx.keys(node, ctx.shape(a["k"])[2])
-    vector = Kernel(SDPA_VECTOR_FLOPS * B * Hq * mask_pairs(a.get("mask", "causal"), Sq, Sk), sympy.Integer(0), "vector",
+    pairs = mask_pairs(a.get("mask", "causal"), Sq, Sk)
+    vector = Kernel(SDPA_VECTOR_FLOPS * B * Hq * pairs, sympy.Integer(0), "vector",
                     str(ctx.dtype(node)).removeprefix("torch."))
     cost.kernels = (*cost.kernels, vector)
     return cost

@@ -261,6 +261,14 @@ def busiest_chunk_ends(chunk, ranks: int, balance: str) -> list:
     return [ranks * chunk] if chunks_per_rank(balance) == 1 else [ranks * chunk, (ranks + 1) * chunk]
 
 
+def gather_traffic(B, Hq, Hkv, Sq, Sk, D, Dv, ranks: int, itemsize: int = 4):
+    """(bytes moved, bytes held) of ``cp_attention`` around its attention calls: this rank's K/V read and sent,
+    the gathered K/V written by the all-gather, put in position order and read back, the chunks' outputs
+    concatenated; held: the gathered K/V."""
+    gathered = itemsize * B * Hkv * ranks * Sk * (D + Dv)
+    return itemsize * (B * Hkv * Sk * (D + Dv) + 2 * B * Hq * Sq * Dv) + 3 * gathered, gathered
+
+
 def cp_attention_cost(B, Hq, Hkv, Sq, Sk, D, Dv, mask: str, ranks: int, balance: str, itemsize: int = 4):
     """Each local chunk's pairs against the keys up to its end (the busiest rank), the IO of one IO-aware call per
     chunk plus the gathered K/V written by the all-gather and put in position order, and the chunks' outputs
@@ -272,10 +280,9 @@ def cp_attention_cost(B, Hq, Hkv, Sq, Sk, D, Dv, mask: str, ranks: int, balance:
     ends = busiest_chunk_ends(key_chunk, ranks, balance)
     pairs = sum(mask_pairs(mask, chunk, end) for end in ends)
     flops = pairs * B * Hq * (2 * D + 2 * Dv)
-    gathered = B * Hkv * ranks * Sk * (D + Dv)
-    moved = itemsize * (B * (Hq * Sq * D + Hkv * sum(ends) * (D + Dv) + Hq * Sq * Dv)
-                        + B * Hkv * Sk * (D + Dv) + 3 * gathered + 2 * B * Hq * Sq * Dv)
-    return flops, moved, itemsize * gathered
+    around, gathered = gather_traffic(B, Hq, Hkv, Sq, Sk, D, Dv, ranks, itemsize)
+    moved = itemsize * B * (Hq * Sq * D + Hkv * sum(ends) * (D + Dv) + Hq * Sq * Dv) + around
+    return flops, moved, gathered
 
 
 def cp_decode_attention_cost(B, Hq, Hkv, Sk, D, Dv, ranks: int, itemsize: int = 4):

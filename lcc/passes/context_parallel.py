@@ -6,9 +6,9 @@ tokens past the end), rotate each token by its own position, run every ``lcc.att
 keep only the rank's tokens in its cache, and hand the LM head the same hidden state on every
 rank so every rank returns the same logits: the last token's, from the rank that holds it
 (``lcc.cp_gather_last``) where the entry returns the last position's logits, the whole
-sequence's (``lcc.cp_gather_seq``) where it returns every position's.  All-gather of K/V is chosen over a ring: it is
-exact by construction (the unchanged single-device kernel per chunk, no merge of partial
-softmaxes), a single collective per layer that gloo and NCCL both provide, and at the
+sequence's (``lcc.cp_gather_seq``) where it returns every position's.  All-gather of K/V is
+chosen over a ring: it is exact by construction (the unchanged single-device kernel per
+chunk, no merge of partial softmaxes), a single collective per layer that gloo and NCCL both provide, and at the
 lengths where memory forces context parallelism the gathered K/V of one layer is small next
 to the sharded cache of all layers (lcc/cost/comm.py prices both).  Decode replicates the
 token on every rank; its K/V go to rank ``position % N`` and attention merges per-rank

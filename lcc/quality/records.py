@@ -117,9 +117,7 @@ class Records:
         keyed = max((r for r in at if r.passkey is not None), key=lambda r: r.passkey_trials, default=None)
         base = self.baseline(row.ppl_protocol)
         ppl_ratio = row.ppl / base.ppl if row.ppl is not None and base and base.ppl else None
-        key_base = self.baseline(keyed.ppl_protocol) if keyed is not None else None
-        if keyed is not None and (key_base is None or key_base.passkey is None):
-            key_base = next((b for b in map(self.baseline, PPL_PROTOCOLS) if b and b.passkey), None)
+        key_base = next((b for b in map(self.baseline, PPL_PROTOCOLS) if b and b.passkey), None)
         passkey = keyed.passkey if keyed is not None else None
         retrieval = passkey / key_base.passkey if passkey is not None and key_base and key_base.passkey else None
         where = f"{row.device or 'unknown device'}, {row.dtype}, {row.date}"
