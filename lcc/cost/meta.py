@@ -104,16 +104,21 @@ def with_values(gm: torch.fx.GraphModule, layout) -> torch.fx.GraphModule:
     mode, in graph order, so their shapes speak the same ``seq`` symbol as the rest (only
     ``meta["val"]`` of those nodes changes); if that fails, a copy is propagated afresh.
     """
+    from torch._dispatch.python import enable_python_dispatcher
+
     if consistent(gm):
         return gm
     mode = _mode_of(gm)
-    if mode is not None:
-        try:
-            _fill(gm, mode, layout)
-            return gm
-        except Exception:  # fall back to a fresh propagation of everything
-            pass
-    return _propagate(gm, layout)
+    # composite ops (aten.linear) decompose in Python under the Python dispatcher, as in torch.export itself;
+    # without it torch 2.11's C++ linear asks a symbolic-shaped input for numel() and raises
+    with enable_python_dispatcher():
+        if mode is not None:
+            try:
+                _fill(gm, mode, layout)
+                return gm
+            except Exception:  # fall back to a fresh propagation of everything
+                pass
+        return _propagate(gm, layout)
 
 
 def _propagate(gm: torch.fx.GraphModule, layout) -> torch.fx.GraphModule:
