@@ -13,7 +13,7 @@ timeout, writing its markdown and JSON under ``--out``):
   and 128k against the HBM bandwidth) - ``bench/attention.py``;
 - ``triton-e2e``: smollm2 end to end through the triton backend against transformers (sdpa, bf16)
   - ``bench/triton_e2e.py``;
-- ``rope-32k``, ``rope-64k``, ``rope-128k`` (+ ``rope-128k-b``, ``-c``): the extension table's GPU
+- ``rope-32k``, ``rope-64k``, ``rope-128k`` (+ ``rope-128k-b``): the extension table's GPU
   columns - ``bench/rope_table.py``, bf16 (the deployment dtype), methods in RUN_ORDER (the ones the
   table exists for first), one program per cell, each cell saved as it finishes (:class:`RopeRun`
   gives each section's work and its time arithmetic);
@@ -73,24 +73,26 @@ class Section:
 
 @dataclass(frozen=True)
 class RopeRun:
-    """One rope section's work: ``methods`` at ``length`` in bf16, and its time on one H100 by arithmetic.
+    """One rope section's work: ``methods`` at ``length`` in bf16, and its time on one H100, from the H200 run.
 
-    A cell costs ``forwards`` full-length forwards (perplexity windows, passkey trials x 3 depths, niah
-    trials).  Attention dominates, so a forward at L costs (L / 8k)^2 units, a unit being an 8k forward.
-    Measured (fp32, TF32 matmuls, H100, 2026-11-24): 60-90 s per method for 31 forwards (30 passkey, 1
-    window) at each of 8k, 16k, 32k = 31 x (1 + 4 + 16) = 651 units, so at most 90 / 651 = 0.14 s a unit;
-    bf16 runs the same tensor cores at least as fast, so 0.14 s is kept (unverified upper bound).  The H200
-    in fp32 without TF32 (2026-11-26) took ~50 s for one 128k forward (256 units: 0.20 s a unit), which is
-    why the 128k cells fit only a few forwards.  Plus SETUP_S per section (model load, one capture).
+    A cell costs ``forwards`` full-length forwards (perplexity windows, passkey trials x 3 depths with their 8
+    greedy steps, niah trials).  Measured on an H200 in bf16 (2026-11-26, every cell of 32k, six at 64k, nine
+    at 128k): a cell's seconds over its forwards were 1.3-2.4 s at 32k (14 forwards), 2.0-2.6 s at 64k (7) and
+    3.8-5.0 s at 128k (4): at these lengths a 135M model's forward is still mostly per-call work (passes,
+    decode steps, the loss over the vocabulary), not the quadratic attention.  FORWARD_S keeps the slowest
+    per length, times H100_FACTOR for the H100 the sections were sized for (the H200's HBM is 1.4x faster;
+    the factor also covers its clocks).  Plus SETUP_S per section (model load, one capture: 68 s at 32k).
+    The earlier arithmetic ((L / 8k)^2 units of 0.14 s) predicted 6.0 min for ``rope-32k``; it took 4.8.
     """
 
     length: str
     methods: tuple[str, ...]
-    windows: int = 0  # first-window perplexity windows (the last-4096 window is always one forward)
+    windows: int = 1  # first-window perplexity windows (the last-4096 window is always one forward)
     passkey_trials: int = 3
-    niah_trials: int = 0
+    niah_trials: int = 3
 
-    UNIT_S = 0.14
+    FORWARD_S = {"32k": 2.4, "64k": 2.6, "128k": 5.0}
+    H100_FACTOR = 1.5
     SETUP_S = 75.0
 
     @property
@@ -99,8 +101,7 @@ class RopeRun:
 
     @property
     def seconds(self) -> float:
-        units = (int(self.length.removesuffix("k")) * 1024 / 8192) ** 2  # "32k"; lcc may not be importable here
-        return self.SETUP_S + len(self.methods) * self.forwards * units * self.UNIT_S
+        return self.SETUP_S + len(self.methods) * self.forwards * self.FORWARD_S[self.length] * self.H100_FACTOR
 
     @property
     def argv(self) -> tuple:
@@ -113,16 +114,16 @@ class RopeRun:
 # RUN_ORDER of bench/rope_table.py: self-extend, dca, dynamic-ntk, yarn, leaky-rerope, rerope, none, ntk, linear
 ROPE_RUN_ORDER = ("self-extend", "dca", "dynamic-ntk", "yarn", "leaky-rerope", "rerope", "none", "ntk", "linear")
 ROPE_RUNS = {
-    # every method, both perplexity protocols, passkey 3 x 3, niah 3: 9 x 14 forwards x 16 units -> ~6.0 min
-    "rope-32k": RopeRun("32k", ROPE_RUN_ORDER, windows=1, passkey_trials=3, niah_trials=3),
-    # the six extension methods (none, linear fail at 32k already), last-4096, passkey 2 x 3: 6 x 7 x 64 -> ~7.5 min
-    "rope-64k": RopeRun("64k", ROPE_RUN_ORDER[:6], passkey_trials=2),
-    # two methods per call, last-4096 and passkey 1 x 3: 2 x 4 x 256 units -> ~6.0 min
-    "rope-128k": RopeRun("128k", ROPE_RUN_ORDER[:2], passkey_trials=1),
-    "rope-128k-b": RopeRun("128k", ROPE_RUN_ORDER[2:4], passkey_trials=1),
-    "rope-128k-c": RopeRun("128k", ROPE_RUN_ORDER[4:6], passkey_trials=1),
+    # every method, both perplexity protocols, passkey 3 x 3, niah 3 (ran on the H200 2026-11-26: 287 s)
+    "rope-32k": RopeRun("32k", ROPE_RUN_ORDER),
+    # the same protocol at 64k and 128k for the six extension methods (none, linear and ntk fail at 32k already;
+    # their 64k / 128k cells stay as measured). The H200 run of 2026-11-26 measured these lengths with fewer
+    # forwards (64k: passkey 2 x 3, no first window, no niah; 128k: passkey 1 x 3), so these sections redo them
+    "rope-64k": RopeRun("64k", ROPE_RUN_ORDER[:6]),
+    "rope-128k": RopeRun("128k", ROPE_RUN_ORDER[:3]),
+    "rope-128k-b": RopeRun("128k", ROPE_RUN_ORDER[3:6]),
 }
-ROPE_BUDGET = ("rope-32k", "rope-64k", "rope-128k")  # issue 14's 20 minutes of H100 time; -b and -c are extra calls
+ROPE_BUDGET = ("rope-32k", "rope-64k", "rope-128k", "rope-128k-b")  # the four calls of the full protocol
 SECTIONS = {s.name: s for s in [
     Section("attention", ("bench/attention.py", "--out", "{out}"), False, 5),
     Section("triton-e2e", ("bench/triton_e2e.py", "--out", "{out}", "--lengths", "512,2k,8k,32k"), True, 8),

@@ -215,14 +215,17 @@ GPU_COMMAND = """python bench/gpu.py ship    # here: .gpu/a (GGUF part, gguf whe
 python3 bench/gpu.py receive    # carry .gpu/a
 python3 bench/gpu.py receive && python3 bench/gpu.py run --out $OUT --sections rope-32k    # carry .gpu/b
 python3 bench/gpu.py run --out $OUT --sections rope-64k
-python3 bench/gpu.py run --out $OUT --sections rope-128k    # then rope-128k-b, rope-128k-c as time allows
+python3 bench/gpu.py run --out $OUT --sections rope-128k    # then rope-128k-b
 python bench/gpu.py collect DIR    # here, after each call (DIR: its files): cells into docs/rope.json, page rebuilt"""
 TARGETS = (("32k", 0.9), ("64k", 0.8), ("128k", 0.5))  # issue 14: passkey at least this with the best method
 
 
 def _cell(row: dict, col: str, key: str, data: list[dict], fmt: str = "{:.2f}") -> str:
-    """A table cell: the figure, ``= none`` where the program is the unmodified one, GPU / - where unmeasured."""
+    """A table cell: the figure, ``= none`` where the program is the unmodified one; where unmeasured, ``-`` in a
+    CPU column, ``GPU`` in a column no GPU section has reached yet, and ``n/m`` where the column's sections ran
+    without this figure (they leave some out to fit their budget: niah past 32k, none / linear / ntk at 64k)."""
     c = row["results"].get(col)
+    reached = col not in CPU_COLUMNS and any(col in r["results"] for r in data if r["table"] == "per-length")
     if c and c.get("same_as"):
         same = next((r for r in data if r["table"] == "per-length" and r["method"] == c["same_as"]), None)
         c, mark = (same["results"].get(col) if same else None), f" (= {c['same_as']})"
@@ -230,7 +233,7 @@ def _cell(row: dict, col: str, key: str, data: list[dict], fmt: str = "{:.2f}") 
         mark = ""
     if c and key in c:
         return fmt.format(c[key]) + mark
-    return "-" if col in CPU_COLUMNS else "GPU"
+    return "-" if col in CPU_COLUMNS else "n/m" if reached else "GPU"
 
 
 def _resolved(row: dict, col: str, data: list[dict]) -> dict | None:
@@ -269,6 +272,12 @@ def _targets(rows: list[dict]) -> list[str]:
             cells = within
         best_m, best = max(cells, key=lambda mc: (mc[1]["passkey"], -mc[1].get("ppl_last", math.inf)))
         ok = "met" if best["passkey"] >= need else f"missed by {need - best['passkey']:.2f}"
+        if best["passkey"] == 0:  # no best method to name: say what was tried
+            prompts = sorted({c.get("trials", 0) * len(c.get("by_depth", {})) for _, c in cells})
+            lines.append(f"- passkey >= {need} at {col}" + (" with last-4096 loss <= 1.1x" if col == "32k" else "")
+                         + f": {ok}: no method retrieved a passkey at {col} ({len(cells)} methods, "
+                         + "/".join(map(str, prompts)) + " prompts each).")
+            continue
         extra = f", last-4096 loss {ratio[best_m]:.2f}x none at 8k" if col == "32k" and best_m in ratio else ""
         lines.append(f"- passkey >= {need} at {col}" + (" with last-4096 loss <= 1.1x" if col == "32k" else "")
                      + f": {ok} (best: {best_m}, passkey {best['passkey']:.2f}{extra}).")
@@ -324,7 +333,12 @@ def _per_length_tables(rows: list[dict]) -> list[str]:
                             "bojone/rerope's protocol)", "{:.2f}"),
                ("passkey", "Passkey accuracy (3 depths x seeded trials)", "{:.2f}"),
                ("niah", f"`{NIAH_SPEC}` accuracy (RULER multi-key, exact match)", "{:.2f}"))
+    prompts = {col: sorted({c.get("trials", 0) * len(c.get("by_depth", {})) for r in rows
+                            for c in [r["results"].get(col) or {}] if "passkey" in c}) for col in COLUMNS}
+    counts = "; ".join(f"{col}: " + "/".join(map(str, n)) for col, n in prompts.items() if n)
     for key, title, fmt in metrics:
+        if key == "passkey" and counts:
+            title += f"; prompts per cell: {counts}"
         lines += ["", f"**{title}**", "", "| method | " + " | ".join(COLUMNS) + " |", "|---|" + "---|" * len(COLUMNS)]
         lines += [f"| {r['method']} | " + " | ".join(_cell(r, c, key, rows, fmt) for c in COLUMNS) + " |" for r in rows]
     lines += ["", "**Time and CPU cost** (wall seconds for the whole cell: passes, perplexity, passkey, niah, capture "
@@ -375,8 +389,8 @@ def render(data: list[dict], out: Path, command: str) -> None:
     lines = ["# Context extension on smollm2-135m (trained at 8k)", "",
              "Regenerate the CPU columns (each finished cell is added to `docs/rope.json` at once; this page is "
              "rebuilt from all of it, also with `--render-only`):", "", "```bash", command, "```", "",
-             "The GPU columns (32k, 64k, 128k; bf16, the dtype a GPU deployment runs) wait for the GPU sections of "
-             "`bench/gpu.py` (their time budget: its docstring):", "", "```bash", GPU_COMMAND, "```", "",
+             "The GPU columns (32k, 64k, 128k; bf16, the dtype a GPU deployment runs) come from the GPU sections of "
+             "`bench/gpu.py` (their work and time: its `RopeRun`):", "", "```bash", GPU_COMMAND, "```", "",
              "The evaluation is fixed in `bench/rope_table.py` and `lcc/eval` before any method is compared. "
              "One program per method and length L (the planner's convention: factor s = L / 8192, so s = 1 at 8k; "
              "Self-Extend's window W = 2048 and group G the smallest power of two whose reach (8192 - W) G + W "
@@ -389,7 +403,8 @@ def render(data: list[dict], out: Path, command: str) -> None:
              "is a rope-scaling method at s = 1 whose program `bench/rope_table.py` checked to be the unmodified "
              "one (the same ops in the same order, every constant argument and rotary frequency buffer equal: "
              "`same_program`), so it shows the `none` cell instead of measuring it twice. `-`: not measured yet "
-             "on the CPU; `GPU`: waits for the GPU command.", "", "Measured with:", ""]
+             "on the CPU; `GPU`: waits for the GPU command; `n/m`: not measured, the column's GPU sections leave it out "
+             "(niah past 32k, none / linear / ntk at 64k: see the notes).", "", "Measured with:", ""]
     lines += _setups(c for r in per for c in r["results"].values()) or ["- nothing yet"]
     lines += _per_length_tables(per)
     png = out.with_suffix(".png")

@@ -230,7 +230,9 @@ def compile_cmd(model: str = typer.Argument("smollm2-135m", help="preset, HF dir
                 kv_cache_dtype: Optional[str] = KvDtypeOpt,
                 force: bool = typer.Option(False, "--force", help="replace an existing --out directory"),
                 no_cache: bool = typer.Option(False, "--no-cache", help="compile even when the compile cache "
-                                              "holds these inputs' artifact, and do not store this one")):
+                                              "holds these inputs' artifact, and do not store this one"),
+                quality: str = typer.Option("balanced", "--quality", help="the planner's quality level: exact, "
+                                            "balanced (default), retrieval or any (README: Quality levels)")):
     """Plan (unless --pass is given), apply, check every stage, lower, and write an artifact directory.
 
     An identical earlier compile's artifact comes from the compile cache ($LCC_CACHE/compiled) unless --no-cache."""
@@ -246,6 +248,7 @@ def compile_cmd(model: str = typer.Argument("smollm2-135m", help="preset, HF dir
 
     n = check_min_length(parse_length(target_len), "--target-len", target_len)
     specs = _passes(passes) if passes else None
+    _check_quality(quality)
     profile, target = device_alias(device, profile, target, "profile")
     where = parse_target(target)
     device = profile or default_profile(where)
@@ -263,19 +266,26 @@ def compile_cmd(model: str = typer.Argument("smollm2-135m", help="preset, HF dir
     if out_dir is not None:
         check_out(Path(out_dir), force)  # before any slow work
     result = None if no_cache else from_cache_by_name(model, n, backend, specs, out_dir, force, device, compute,
-                                                      cache_dtype, str(where))
+                                                      cache_dtype, str(where), quality)
     if result is None:
         loaded = _load(model, compute)
         dest = Path(out_dir) if out_dir else default_out(loaded.spec.model_id, n, backend)
         with RichStages(console=err) as stages:
             result = compile_model(loaded, n, backend, specs, dest, force=force, device=device, plan_fn=plan_fn,
                                    progress=stages, dtype=compute, kv_cache_dtype=cache_dtype, target=str(where),
-                                   cache=not no_cache)
+                                   cache=not no_cache, quality=quality)
     low = result.report["lowered"]
     check = (f"{low['name']} unchecked ({low['unchecked']})" if "unchecked" in low else
              f"{low['name']} max abs error {low['max_abs']:.2e} against the rewritten program")
     out.print(f"wrote {result.out}{' (from the compile cache)' if result.cached else ''}: passes "
               f"{', '.join(result.manifest['plan']['passes']) or '(none)'}; {check}")
+
+
+def _check_quality(quality: str) -> None:
+    from lcc.quality.rank import QUALITIES
+
+    if quality not in QUALITIES:
+        raise UsageError(f"unknown quality {quality!r}: use --quality {', '.join(QUALITIES[:-1])} or {QUALITIES[-1]}")
 
 
 def _planner():

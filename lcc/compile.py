@@ -136,11 +136,12 @@ def _lowered_verdict(backend, got: dict, want: dict, floor: float | None) -> dic
 def compile_model(loaded: LoadedModel, target_len: int, backend_name: str, passes: list[PassSpec] | None,
                   out: Path, force: bool = False, device: str = "cpu", plan_fn: Callable | None = None,
                   progress: Stages | None = None, dtype: str = "float32", kv_cache_dtype: str | None = None,
-                  target: str | None = None, cache: bool = False) -> CompileResult:
+                  target: str | None = None, cache: bool = False, quality: str = "balanced") -> CompileResult:
     """Plan (unless ``passes`` are given) for ``device`` (a hardware profile), check, lower, write ``out``.
 
-    ``plan_fn(program, target_len, device) -> (plan dict, PassSpecs)`` (:func:`lcc.cost.planner.plan_for_compile`)
-    is given the canonical program of ``loaded`` (prefill and decode, captured small: the check stage shares it).
+    ``plan_fn(program, target_len, device, quality) -> (plan dict, PassSpecs)``
+    (:func:`lcc.cost.planner.plan_for_compile`) is given the canonical program of ``loaded`` (prefill and decode,
+    captured small: the check stage shares it) and the quality level (``lcc.quality.rank``) to plan at.
 
     ``cache``: take the artifact from the compile cache when these inputs were compiled before, and keep
     the result there (:mod:`lcc.compile_cache`); ``dtype``, ``kv_cache_dtype`` and ``target`` are in its key."""
@@ -163,12 +164,12 @@ def compile_model(loaded: LoadedModel, target_len: int, backend_name: str, passe
         cache = enabled() and bool(loaded.weights_hash)
     if cache:
         inputs = cache_inputs(loaded.weights_hash, loaded.spec.model_id, target_len, backend.name, passes, device,
-                              dtype, kv_cache_dtype, target)
+                              dtype, kv_cache_dtype, target, quality)
         hit = from_cache(inputs, out, force)
         if hit is not None:
             return hit
     result = _compile(loaded, target_len, backend, passes, out, force, device, plan_fn, progress, target,
-                      kv_cache_dtype)
+                      kv_cache_dtype, quality)
     if inputs is not None:
         from lcc import compile_cache
 
@@ -178,14 +179,14 @@ def compile_model(loaded: LoadedModel, target_len: int, backend_name: str, passe
 
 def cache_inputs(weights_hash: str, model_id: str, target_len: int, backend_name: str,
                  passes: list[PassSpec] | None, device: str = "cpu", dtype: str = "float32",
-                 kv_cache_dtype: str | None = None, target: str | None = None) -> dict:
+                 kv_cache_dtype: str | None = None, target: str | None = None, quality: str = "balanced") -> dict:
     """The compile cache's key inputs of a compile (:func:`lcc.compile_cache.key_inputs`), computed from the
-    weights hash alone: with ``passes`` None, the plan's inputs for the ``device`` profile."""
+    weights hash alone: with ``passes`` None, the plan's inputs (its quality level) for the ``device`` profile."""
     from lcc import compile_cache
 
     return compile_cache.key_inputs(weights_hash, model_id, target_len, backend_name, passes,
                                     compile_cache.profile_inputs(device),
-                                    compile_cache.plan_inputs(weights_hash) if passes is None else None,
+                                    compile_cache.plan_inputs(weights_hash, quality) if passes is None else None,
                                     target, dtype, kv_cache_dtype)
 
 
@@ -215,7 +216,8 @@ def default_out(model_id: str, target_len: int, backend_name: str) -> Path:
 
 def from_cache_by_name(model: str, target_len: int, backend_name: str, passes: list[PassSpec] | None,
                        out: Path | None, force: bool = False, device: str = "cpu", dtype: str = "float32",
-                       kv_cache_dtype: str | None = None, target: str | None = None) -> CompileResult | None:
+                       kv_cache_dtype: str | None = None, target: str | None = None,
+                       quality: str = "balanced") -> CompileResult | None:
     """:func:`from_cache` before the weights load: when the loader knows the weights hash of ``model`` (a preset,
     directory or file name) from its files alone; ``None`` otherwise (``compile_model`` looks again)."""
     from lcc.compile_cache import cached_weights_hash, enabled
@@ -226,13 +228,13 @@ def from_cache_by_name(model: str, target_len: int, backend_name: str, passes: l
     model_id = str(Path(model))  # what the loader names a preset, a directory, a file or a hub id
     out = Path(out) if out is not None else default_out(model_id, target_len, backend_name)
     inputs = cache_inputs(weights_hash, model_id, target_len, backend_name, passes, device, dtype, kv_cache_dtype,
-                          target)
+                          target, quality)
     return from_cache(inputs, out, force)
 
 
 def _compile(loaded: LoadedModel, target_len: int, backend, passes: list[PassSpec] | None, out: Path,
              force: bool, device: str, plan_fn: Callable | None, progress: Stages | None,
-             target: str | None, kv_cache_dtype: str | None = None) -> CompileResult:
+             target: str | None, kv_cache_dtype: str | None = None, quality: str = "balanced") -> CompileResult:
     """The compile itself, each stage timed (``report["stage_seconds"]``; CPU time in ``"stage_cpu_seconds"``)."""
     from lcc.target import parse_target
 
@@ -261,7 +263,7 @@ def _compile(loaded: LoadedModel, target_len: int, backend, passes: list[PassSpe
         canonical = canonicalize(captured)
         stages.advance("plan", "canonical")
         planned = _only(base if shared else canonical, "prefill", "decode")
-        plan, passes = plan_fn(planned, target_len, device)
+        plan, passes = plan_fn(planned, target_len, device, quality)
         stages.advance("plan")
         captured, canonical = _only(captured, "prefill_full"), _only(canonical, "prefill_full")
     stages.start("check", 3 + len(passes))

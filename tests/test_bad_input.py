@@ -34,6 +34,20 @@ def test_compile_target_len_2_is_refused(capsys, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_compile_unknown_quality_is_refused_before_loading(capsys, tmp_path):
+    _one_line(capsys, 2, ["compile", "tiny-llama", "--target-len", "1k", "--quality", "great", "--out",
+                          str(tmp_path / "a")], "exact, balanced, retrieval or any")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_compile_where_no_candidate_meets_the_quality_names_the_level_that_would(capsys, tmp_path):
+    """tiny-llama at 16x its trained length: the prior (smollm2's 128k records) retrieves nothing."""
+    line = _one_line(capsys, 2, ["compile", "tiny-llama", "--target-len", "4k", "--out", str(tmp_path / "a"),
+                                 "--no-cache"], "none meets quality=balanced")
+    assert "--quality retrieval" in line and "more memory" not in line
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_prompt_of_invalid_utf8_is_refused(capsys):
     _one_line(capsys, 2, ["run", "tiny-llama", "--prompt", b"\xff".decode("utf-8", "surrogateescape")],
               "not valid UTF-8")

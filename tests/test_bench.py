@@ -93,3 +93,22 @@ def test_kv_decode_bench_builds_caches_the_reference_reads():
         kp, vp = (bench.random_parts(fmt, which, 256, device="cpu") for which in ("k", "v"))
         out = attention_kvq_reference(q, kp, vp, torch.tensor(200), bench.D**-0.5, "causal", fmt)
         assert out.shape == q.shape and torch.isfinite(out).all(), spec
+
+
+def test_kv_decode_bench_checks_each_format_against_the_reference_before_timing_it():
+    """The kernel's output on the bench's own parts is within TOL of the reference (here the interpreter; on a GPU
+    the compiled path), and a format out of tolerance is reported WRONG with no speed ratio."""
+    from lcc.ops.kv_cache import KVQuantFormat
+
+    bench = _bench_module("kv_decode")
+    torch.manual_seed(0)
+    q = torch.randn(bench.B, bench.H, 1, bench.D, dtype=torch.bfloat16)
+    for spec in bench.FORMATS:
+        fmt = KVQuantFormat.parse(spec)
+        kp, vp = (bench.random_parts(fmt, which, 256, device="cpu") for which in ("k", "v"))
+        assert bench.max_error(q, kp, vp, torch.tensor(200), fmt) < bench.TOL, spec  # bf16 rounding: ~4e-3
+    measured = [(32768, "bf16", 0.05, 0.5, 1 << 27, None, None),
+                (32768, "int8", 0.02, 0.5, 1 << 26, None, 0.3)]  # as rows() leaves a wrong kernel: no ratio
+    text = bench.verdicts(measured)
+    assert "int8 at 32k: WRONG" in text and "lower latency" not in text
+    assert "WRONG" in bench.table(measured).splitlines()[-1]

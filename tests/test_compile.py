@@ -41,14 +41,20 @@ def test_artifact_runs_and_matches_the_in_process_program(tmp_path, tiny):
 
 
 def test_planned_compile_records_the_plan_for_the_device(tmp_path, tiny):
-    """No --pass: the planner's choice for the device profile is what the artifact applies and records."""
+    """No --pass: the planner's choice for the device profile and quality level is what the artifact applies and
+    records.  At 16x the trained length (the prior: smollm2's 128k records) no candidate retrieves, so the default
+    `balanced` refuses and names the level that plans; `retrieval` compiles."""
     from lcc.cost.planner import plan, plan_for_compile
 
     loaded = tiny("llama")
-    result = compile_model(loaded, 4096, "torch", None, tmp_path / "a", device="h100", plan_fn=plan_for_compile)
+    with pytest.raises(UsageError, match="none meets quality=balanced.*--quality retrieval.*or another --quality"):
+        compile_model(loaded, 4096, "torch", None, tmp_path / "b", device="h100", plan_fn=plan_for_compile)
+    assert not (tmp_path / "b").exists()
+    result = compile_model(loaded, 4096, "torch", None, tmp_path / "a", device="h100", plan_fn=plan_for_compile,
+                           quality="retrieval")
     m = result.manifest
-    assert m["plan"]["source"] == "planner" and m["plan"]["device"] == "h100"
-    assert m["plan"]["passes"] == plan(loaded, 4096, "h100").passes
+    assert m["plan"]["source"] == "planner" and m["plan"]["device"] == "h100" and m["plan"]["quality"] == "retrieval"
+    assert m["plan"]["passes"] == plan(loaded, 4096, "h100", quality="retrieval").passes
     assert [c["stage"] for c in m["checks"]][3:] == [str(parse_pass(p)) for p in m["plan"]["passes"]]
     assert set(result.report["stage_seconds"]) == {"plan", "check", "capture", "lower", "check lowered", "report"}
     cost = result.report["cost"]

@@ -261,9 +261,18 @@ def _reason(chosen, priced, ok, budget, quality, target_len, program, profile) -
                 return "no candidate could be priced" + beyond
             return (f"nothing fits in {human_bytes(budget)} on {profile.name}: the smallest is "
                     f"{_name(smallest)} at {human_bytes(smallest.memory)}." + beyond)
-        why = "; ".join(f"{_name(c)}: {c.why_not}" for c in fit[:4] if c.why_not)
+        # the nearest misses first: a position method (past the trained length), the best retrieval, perplexity
+        def near(c):
+            r = c.estimate.retrieval_ratio if c.estimate is not None else None
+            p = c.estimate.ppl_ratio if c.estimate is not None else None
+            return (not getattr(c, "positions", True), -(r if r is not None else -1.0),
+                    p if p is not None else float("inf"))
+
+        why = "; ".join(f"{_name(c)}: {c.why_not}" for c in sorted(fit, key=near)[:4] if c.why_not)
+        hint = ("--quality retrieval takes the best retrieval, any the fastest" if quality == "balanced"
+                else "try --quality retrieval or any")
         return (f"{len(fit)} candidate(s) fit in {human_bytes(budget)} but none meets quality={quality} "
-                f"({why}); try --quality retrieval or any." + beyond)
+                f"({why}); {hint}." + beyond)
     text = (f"{_name(chosen)}: fastest predicted prefill ({human_seconds(chosen.prefill_time)}) of {len(ok)} "
             f"candidate(s) that fit in {human_bytes(budget)} on {profile.name} with quality={quality} (risk "
             f"{chosen.risk}); memory {human_bytes(chosen.memory)}")
@@ -308,13 +317,15 @@ def _slower_why(bare: Candidate, profile) -> str:
     return f"its unfused attention writes the L x L scores to {where}, {attn / total:.0%} of its time"
 
 
-def plan_for_compile(loaded, target_len: int, device: str = "cpu"):
+def plan_for_compile(loaded, target_len: int, device: str = "cpu", quality: str = "balanced"):
     """The hook ``lcc compile`` calls: (the plan as JSON-able dict, the chosen PassSpecs)."""
     from lcc.passes import parse_pass
 
-    p = plan(loaded, target_len, device)
+    p = plan(loaded, target_len, device, quality=quality)
     if p.chosen is None:
-        raise UsageError(f"lcc compile: {p.reason} Give the passes with --pass, or a device with more memory.")
+        fits = any(c.fits for c in p.candidates)
+        raise UsageError(f"lcc compile: {p.reason} Give the passes with --pass"
+                         + (", or another --quality." if fits else ", or a device with more memory."))
     d = {"source": "planner", "passes": p.passes, "reason": p.reason, "device": p.device,
          "quality": p.quality, "memory_budget": p.memory_budget,
          "quality_at_target": p.chosen.estimate.to_dict() if p.chosen.estimate else None,

@@ -43,7 +43,7 @@ def test_plan_for_compile_returns_json_and_pass_specs(tiny_program):
     from lcc.passes import parse_pass
 
     _, program = tiny_program  # lcc compile passes the loaded model; a program is planned the same way
-    d, specs = plan_for_compile(program, 4096, "h100")
+    d, specs = plan_for_compile(program, 1024, "h100")  # 4x: the prior (smollm2 at 32k) has a method that retrieves
     json.dumps(d)
     assert [str(parse_pass(p)) for p in d["passes"]] == [str(s) for s in specs]
     assert d["candidates"] and "reason" in d
@@ -81,7 +81,8 @@ def test_past_the_trained_length_the_choice_carries_a_position_method(tiny_progr
     from lcc.passes import parse_pass
 
     _, program = tiny_program
-    for factor in (2, 4, 16):
+    # balanced needs a retrieval ratio >= 0.9: the prior (smollm2's records) has one up to 4x, none at 8x or 16x
+    for factor in (2, 4) if quality == "balanced" else (2, 4, 16):
         p = plan(program, factor * program.spec.trained_len, "h100", quality=quality)
         assert p.chosen is not None
         assert any("positions" in parse_pass(s).definition.slots for s in p.chosen.passes), p.chosen.passes
@@ -114,31 +115,49 @@ def test_auto_length_is_the_longest_that_fits_the_budget(tiny_program):
     from lcc.cost.planner import longest_plan
 
     loaded, program = tiny_program
-    roomy = longest_plan(program, 1 << 20, "h100")
+    # quality retrieval: the budget decides (balanced stops at 4x the trained length: the next test)
+    roomy = longest_plan(program, 1 << 20, "h100", quality="retrieval")
     assert roomy.target_len == 1 << 20 and roomy.chosen is not None
     per_token = loaded.spec.layers * 2 * loaded.spec.kv_heads * loaded.spec.head_dim * 4  # fp32 K and V
     budget = 70_000 * per_token  # room for a cache of some 64k tokens, not 128k
-    tight = longest_plan(program, 1 << 20, "h100", memory_budget=budget)
+    tight = longest_plan(program, 1 << 20, "h100", memory_budget=budget, quality="retrieval")
     assert tight.chosen is not None and tight.chosen.memory <= budget
     assert tight.target_len < 1 << 20 and "longest length" in tight.reason
-    bigger = plan(program, 2 * tight.target_len, "h100", memory_budget=budget)
+    bigger = plan(program, 2 * tight.target_len, "h100", memory_budget=budget, quality="retrieval")
     assert bigger.chosen is None
+
+
+def test_auto_length_at_balanced_is_the_longest_where_something_retrieves(tiny_program):
+    """The prior retrieves (ratio >= 0.9) at 4x the trained length and not at 8x: auto stops at 4x."""
+    from lcc.cost.planner import longest_plan
+
+    _, program = tiny_program
+    auto = longest_plan(program, 1 << 20, "h100")
+    assert auto.chosen is not None and auto.target_len == 4 * program.spec.trained_len
+    assert auto.chosen.estimate.retrieval_ratio >= 0.9
 
 
 @pytest.mark.slow
 def test_smollm2_at_32k_and_128k_plans_a_position_method_from_its_records(smollm2):
     """docs/rope.md's measurements (shipped as records): at 32k only dynamic-ntk keeps the passkey (1.00), and it
     is measured there (DCA's 16k figures, better but from half the length, wait while a candidate is measured at
-    the target); at 128k nothing is measured, and DCA's 16k row (passkey 8/9, perplexity 1.33x) is the best of
-    the extrapolated figures."""
+    the target). At 64k the best passkey is 4 of 6 (Self-Extend, Leaky ReRoPE) and at 128k every method's is 0:
+    `balanced` (retrieval ratio >= 0.9) chooses nothing and says which level would; `retrieval` takes the best
+    retrieval measured at the target, then the lowest perplexity ratio."""
     p = plan(smollm2, 32768, "h100")
     assert p.chosen.passes[0] == "rope-scaling:method=dynamic-ntk,factor=4"
     assert p.chosen.estimate.source == "record" and p.chosen.estimate.retrieval_ratio >= 0.9
     assert not p.chosen.estimate.extrapolated and p.chosen.estimate.length == 32768
-    far = plan(smollm2, 131072, "h100")
-    assert far.chosen is not None and far.chosen.passes[0] == "dca:chunk=6144,local=512"
-    assert far.chosen.estimate.extrapolated and far.chosen.estimate.length == 16384 and far.chosen.risk == "high"
-    assert all(c.estimate is not None and c.estimate.detail for c in far.candidates if c.error is None)
+    for length, best in ((65536, "self-extend:group=16,window=2048"), (131072, "leaky-rerope:window=2048")):
+        strict = plan(smollm2, length, "h100")
+        assert strict.chosen is None and "none meets quality=balanced" in strict.reason
+        assert "--quality retrieval" in strict.reason
+        far = plan(smollm2, length, "h100", quality="retrieval")
+        assert far.chosen.passes == [best], far.chosen.passes
+        assert far.chosen.estimate.source == "record" and not far.chosen.estimate.extrapolated
+        assert far.chosen.estimate.length == length
+        assert all(c.estimate is not None and c.estimate.detail for c in far.candidates if c.error is None)
+    assert far.chosen.estimate.retrieval_ratio == 0 and far.chosen.risk == "high"
 
 
 def test_a_candidate_resumed_from_its_shorter_candidate_costs_what_a_fresh_one_does(tiny_program):
