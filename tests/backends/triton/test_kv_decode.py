@@ -105,3 +105,110 @@ def test_kernel_compiles_for_sm80_and_sm90():
     # local-memory spills made the H200 run slower than bf16: the head-dim-128 tile must keep to registers
     d128 = [rec for rec in records if rec["arch"] == 90 and "d=128" in rec["kernel"] and "stack" in rec]
     assert d128 and all(rec["stack"] == 0 for rec in d128), d128
+
+
+def reference(q, kp, vp, n, scale, mask, fmt):
+    return attention_kvq_reference(q.float().cpu(), [p.cpu() for p in kp], [p.cpu() for p in vp], torch.tensor(n),
+                                   scale, mask, fmt)
+
+
+# Tiles start at multiples of BLOCK_N; with per-channel key statistics a 64-key tile holds 2 (G=32) or 4 (G=16) key
+# groups whose scale rows are selected per token, a 16-key tile lies inside a G=32 group, and the windows below start
+# mid-tile and mid-group (lo = n - window), chunks end where nq (a multiple of G, not of BLOCK_N) does.
+@pytest.mark.parametrize("fmt,block_n", [("int8:group=32,keys=channel,residual=24", 64),
+                                         ("int4:group=16,keys=channel,residual=40", 64),
+                                         ("int8:group=32,keys=channel,residual=8", 16),
+                                         ("int2:group=16,keys=channel,residual=16", 32),
+                                         ("fp8:group=32,keys=channel,residual=16", 64),
+                                         ("int8:group=16,keys=token,residual=0", 64),
+                                         ("fp8:group=32,keys=token,residual=8", 32)])
+@pytest.mark.parametrize("d,g", [(64, 3), (128, 4)])
+@pytest.mark.parametrize("n,mask,splits", [(211, "causal", 3), (211, "sliding:window=77,sinks=5", 4),
+                                           (150, "sliding:window=140,sinks=20", 2), (37, "causal", 0)])
+def test_tiles_aligned_to_blocks_across_key_groups(device, fmt, block_n, d, g, n, mask, splits):
+    kp, vp = cache(fmt, n, hkv=2, d=d, capacity=224, seed=n + d, device=device)
+    q = torch.randn(1, 2 * g, 1, d, generator=torch.Generator().manual_seed(n)).to(device)
+    from lcc.backends.triton.kv_decode import kvq_decode
+
+    got = kvq_decode(q, kp, vp, torch.tensor(n, device=device), d**-0.5, mask, fmt, splits=splits, block_n=block_n)
+    torch.testing.assert_close(got.cpu(), reference(q, kp, vp, n, d**-0.5, mask, fmt), atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.parametrize("n", [128 + 160 + 45, 500])
+def test_ring_wrapped_past_its_end(device, n):
+    """A 128-token residual over G=32 keeps a ring of 160 slots; after 333 or 500 tokens the ring's oldest token
+    sits mid-ring (slot nq mod 160), so the slots hold tokens out of order across the wrap."""
+    fmt = "int8:group=32,keys=channel,residual=128"
+    f = KVQuantFormat.parse(fmt)
+    assert f.n_quantized(n) % f.ring != 0
+    kp, vp = cache(fmt, n, hkv=1, d=64, capacity=512, seed=n, device=device)
+    q = torch.randn(1, 3, 1, 64, generator=torch.Generator().manual_seed(n)).to(device)
+    from lcc.backends.triton.kv_decode import kvq_decode
+
+    for mask in ("causal", "sliding:window=150,sinks=4"):
+        got = kvq_decode(q, kp, vp, torch.tensor(n, device=device), 0.125, mask, fmt, splits=3)
+        torch.testing.assert_close(got.cpu(), reference(q, kp, vp, n, 0.125, mask, fmt), atol=2e-5, rtol=2e-5)
+
+
+HALF_FORMATS = ["int8:group=32,keys=channel,residual=16", "int4:group=16,keys=channel,residual=16",
+                "int2:group=16,keys=token,residual=0", "fp8:group=32,keys=token,residual=16",
+                "fp8:group=32,keys=channel,residual=16"]
+
+
+@pytest.mark.parametrize("fmt", HALF_FORMATS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("d", [64, 128])
+def test_half_queries_take_fp16_dots_within_output_rounding(device, fmt, dtype, d):
+    """fp16 / bf16 queries run fp16 tensor-core dots over codes decoded exactly to fp16 (scales and zeros in fp16):
+    the output must match the fp32 reference to within a few roundings of the output dtype (measured: under one
+    unit of the output's last place, 2^-11 / 2^-8 relative)."""
+    n = 200
+    kp, vp = cache(fmt, n, hkv=2, d=d, capacity=256, seed=1, device=device)
+    q = torch.randn(1, 8, 1, d, generator=torch.Generator().manual_seed(1)).to(device=device, dtype=dtype)
+    from lcc.backends.triton.kv_decode import kvq_decode
+
+    got = kvq_decode(q, kp, vp, torch.tensor(n, device=device), d**-0.5, "sliding:window=150,sinks=3", fmt, splits=3)
+    assert got.dtype == dtype
+    want = reference(q, kp, vp, n, d**-0.5, "sliding:window=150,sinks=3", fmt)
+    tol = 4e-3 if dtype == torch.float16 else 3e-2
+    torch.testing.assert_close(got.float().cpu(), want, atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_fp8_software_decode_on_the_fp16_path(device, native):
+    """sm_80's integer-op e4m3 decode leaves each code 2^-8 too small and scales the scale by 2^8: same output."""
+    fmt = "fp8:group=16,keys=channel,residual=16"
+    kp, vp = cache(fmt, 90, seed=7, device=device)
+    q = torch.randn(1, 4, 1, 32, generator=torch.Generator().manual_seed(7)).to(device=device, dtype=torch.float16)
+    got = decode(q, kp, vp, 90, "causal", fmt, splits=2, native_fp8=native)
+    torch.testing.assert_close(got.float().cpu(), reference(q, kp, vp, 90, 0.3, "causal", fmt), atol=4e-3, rtol=4e-3)
+
+
+@pytest.mark.parametrize("power", [-40, 0, 40])
+def test_bf16_query_of_any_range_fits_the_fp16_dot(device, power):
+    """A bf16 query is scaled per row by a power of two before its fp16 cast (and the scores back): q * 2^40 with
+    scale * 2^-40 (far past fp16's range) or q * 2^-40 (below its subnormals) gives attention(q, scale)."""
+    fmt = "int8:group=16,keys=channel,residual=8"
+    kp, vp = cache(fmt, 60, seed=3, device=device)
+    q = torch.randn(1, 4, 1, 32, generator=torch.Generator().manual_seed(3)).to(device=device, dtype=torch.bfloat16)
+    from lcc.backends.triton.kv_decode import kvq_decode
+
+    got = kvq_decode(q * 2.0**power, kp, vp, torch.tensor(60, device=device), 0.3 * 2.0**-power, "causal", fmt,
+                     splits=2)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got.float().cpu(), reference(q, kp, vp, 60, 0.3, "causal", fmt), atol=3e-2, rtol=3e-2)
+
+
+def test_split_count_leaves_the_ring_to_its_own_split(device):
+    """With several splits the quantized tokens go to all but the last, which takes only the fp16 ring: each split's
+    partial then merges to the reference whether or not a split is empty (here every count from 1 to 9)."""
+    from lcc.backends.triton.kv_decode import num_splits
+
+    assert num_splits(8, 131072, 32, torch.device(device)) >= 3
+    fmt = "int8:group=16,keys=channel,residual=16"
+    kp, vp = cache(fmt, 96, seed=11, device=device)
+    q = torch.randn(1, 4, 1, 32, generator=torch.Generator().manual_seed(11)).to(device)
+    want = reference(q, kp, vp, 96, 0.3, "causal", fmt)
+    for splits in range(1, 10):
+        torch.testing.assert_close(decode(q, kp, vp, 96, "causal", fmt, splits=splits).cpu(), want, atol=2e-5,
+                                   rtol=2e-5)
