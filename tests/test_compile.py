@@ -185,8 +185,12 @@ def test_a_graph_that_cannot_be_lifted_is_exported_again_and_noted(tmp_path, tin
     _same_outputs(BACKEND.load(tmp_path), program)
     ep, why = exported_program(program, "prefill")
     assert why is None
-    assert serialize_json(ep) == serialize(ep, serialize_state_dict=False, serialize_constants=False,
-                                           serialize_example_inputs=False).exported_program
+    try:
+        want = serialize(ep, serialize_state_dict=False, serialize_constants=False,
+                         serialize_example_inputs=False).exported_program
+    except TypeError:  # torch 2.11 (the lent GPUs'): no such flags, the JSON is the same
+        want = serialize(ep).exported_program
+    assert serialize_json(ep) == want
 
 
 def test_cli_compile_then_run(tmp_path):
