@@ -248,7 +248,9 @@ def compile_cmd(model: str = typer.Argument("smollm2-135m", help="preset, HF dir
 
     n = check_min_length(parse_length(target_len), "--target-len", target_len)
     specs = _passes(passes) if passes else None
-    _check_quality(quality)
+    from lcc.quality.rank import check_quality
+
+    check_quality(quality)
     profile, target = device_alias(device, profile, target, "profile")
     where = parse_target(target)
     device = profile or default_profile(where)
@@ -279,13 +281,6 @@ def compile_cmd(model: str = typer.Argument("smollm2-135m", help="preset, HF dir
              f"{low['name']} max abs error {low['max_abs']:.2e} against the rewritten program")
     out.print(f"wrote {result.out}{' (from the compile cache)' if result.cached else ''}: passes "
               f"{', '.join(result.manifest['plan']['passes']) or '(none)'}; {check}")
-
-
-def _check_quality(quality: str) -> None:
-    from lcc.quality.rank import QUALITIES
-
-    if quality not in QUALITIES:
-        raise UsageError(f"unknown quality {quality!r}: use --quality {', '.join(QUALITIES[:-1])} or {QUALITIES[-1]}")
 
 
 def _planner():

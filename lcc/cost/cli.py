@@ -39,11 +39,9 @@ def _profile(device: str):
 
 
 def _check_quality(quality: str) -> str:
-    from lcc.cost.planner import QUALITIES
+    from lcc.quality.rank import check_quality
 
-    if quality not in QUALITIES:
-        raise UsageError(f"unknown quality {quality!r}: use --quality {', '.join(QUALITIES[:-1])} or {QUALITIES[-1]}")
-    return quality
+    return check_quality(quality)
 
 
 def _check_png(path: Optional[str]) -> None:

@@ -35,6 +35,15 @@ class Ranked:
     why_not: dict
 
 
+def check_quality(quality: str) -> str:
+    """``quality`` if it names a level; else the one-line usage error of ``--quality`` (lcc plan, lcc compile)."""
+    from lcc.errors import UsageError
+
+    if quality not in QUALITIES:
+        raise UsageError(f"unknown quality {quality!r}: use --quality {', '.join(QUALITIES[:-1])} or {QUALITIES[-1]}")
+    return quality
+
+
 def risk(estimate, extrapolated_or_prior: bool) -> str:
     """A one-word summary of an estimate: none (exact), low, medium, high, or unmeasured; raised one level
     when the figure is extrapolated past the longest measurement or borrowed (a prior)."""
