@@ -60,6 +60,11 @@ def max_error(q, kp, vp, kv_len, fmt) -> float:
     return ((got - want).abs().max() / want.abs().max().clamp_min(1e-30)).item()
 
 
+def wrong(err) -> bool:
+    """A format whose output is out of tolerance (``err``: :func:`max_error`; None for the bf16 baseline)."""
+    return err is not None and err > TOL
+
+
 def timed(step) -> tuple[float | None, float | None]:
     """(GPU ms from a CUDA graph, eager ms per call) of one decode step: the same harness for every row."""
     return graph_ms(step), bench_ms(step)
@@ -84,7 +89,7 @@ def rows(caches) -> list[tuple]:
             ms, eager = timed(lambda: kvq_decode(q, kp, vp, kv_len, D**-0.5, "causal", fmt))
             moved = sum(t.numel() * t.element_size() for t in kp + vp)
             err = max_error(q, kp, vp, kv_len, fmt)
-            ratio = base / ms if ms and base and err <= TOL else None  # a wrong kernel's speed is no result
+            ratio = base / ms if ms and base and not wrong(err) else None  # a wrong kernel's speed is no result
             out.append((L, spec.split(":")[0], ms, eager, moved, ratio, err))
             del kp, vp
         torch.cuda.empty_cache()
@@ -96,18 +101,17 @@ def table(measured) -> str:
              "| max error / max output |", "|---:|---|---:|---:|---:|---:|---:|---:|"]
     for L, name, ms, eager, moved, ratio, err in measured:
         gbs = "n/a" if not ms else f"{moved / ms / 1e6:.0f}"
-        wrong = err is not None and err > TOL
         lines.append(f"| {L // 1024}k | {name} | {'n/a' if ms is None else f'{ms:.3f}'} | "
                      f"{'n/a' if eager is None else f'{eager:.3f}'} | {moved / 2**20:.1f} MiB | "
                      f"{gbs} | {'' if ratio is None else f'{ratio:.2f}x lower'} | "
-                     f"{'' if err is None else f'{err:.1e}' + (' WRONG' if wrong else '')} |")
+                     f"{'' if err is None else f'{err:.1e}' + (' WRONG' if wrong(err) else '')} |")
     return "\n".join(lines)
 
 
 def verdicts(measured) -> str:
     lines = []
     for L, name, _, _, _, ratio, err in measured:
-        if err is not None and err > TOL:
+        if wrong(err):
             lines.append(f"- {name} at {L // 1024}k: WRONG, max error {err:.1e} of the reference's largest output (> {TOL}); "
                          "its time is not a result")
         elif name in ("int8", "fp8"):

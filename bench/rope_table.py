@@ -253,6 +253,7 @@ def _targets(rows: list[dict]) -> list[str]:
     base = _resolved(none, "8k", rows) if none else None
     lines = []
     for col, need in TARGETS:
+        what = f"- passkey >= {need} at {col}" + (" with last-4096 loss <= 1.1x" if col == "32k" else "")
         cells = [(r["method"], _resolved(r, col, rows)) for r in rows]
         cells = [(m, c) for m, c in cells if c and "passkey" in c]
         if not cells:
@@ -260,27 +261,25 @@ def _targets(rows: list[dict]) -> list[str]:
             continue
         if col == "32k":
             if not (base and "ppl_last" in base):
-                lines.append(f"- passkey >= {need} at 32k with last-4096 loss <= 1.1x: waits for the `none` 8k cell.")
+                lines.append(f"{what}: waits for the `none` 8k cell.")
                 continue
             ratio = {m: math.log(c["ppl_last"]) / math.log(base["ppl_last"]) for m, c in cells if "ppl_last" in c}
             within = [(m, c) for m, c in cells if ratio.get(m, math.inf) <= 1.1]
             if not within:  # the loss condition fails everywhere: say so with the best passkey anyway
                 m, c = max(cells, key=lambda mc: mc[1]["passkey"])
-                lines.append(f"- passkey >= {need} at 32k with last-4096 loss <= 1.1x: missed, no method within "
-                             f"1.1x (best passkey: {m}, {c['passkey']:.2f}, loss {ratio.get(m, math.nan):.2f}x).")
+                lines.append(f"{what}: missed, no method within 1.1x (best passkey: {m}, {c['passkey']:.2f}, "
+                             f"loss {ratio.get(m, math.nan):.2f}x).")
                 continue
             cells = within
         best_m, best = max(cells, key=lambda mc: (mc[1]["passkey"], -mc[1].get("ppl_last", math.inf)))
         ok = "met" if best["passkey"] >= need else f"missed by {need - best['passkey']:.2f}"
         if best["passkey"] == 0:  # no best method to name: say what was tried
             prompts = sorted({c.get("trials", 0) * len(c.get("by_depth", {})) for _, c in cells})
-            lines.append(f"- passkey >= {need} at {col}" + (" with last-4096 loss <= 1.1x" if col == "32k" else "")
-                         + f": {ok}: no method retrieved a passkey at {col} ({len(cells)} methods, "
+            lines.append(f"{what}: {ok}: no method retrieved a passkey at {col} ({len(cells)} methods, "
                          + "/".join(map(str, prompts)) + " prompts each).")
             continue
         extra = f", last-4096 loss {ratio[best_m]:.2f}x none at 8k" if col == "32k" and best_m in ratio else ""
-        lines.append(f"- passkey >= {need} at {col}" + (" with last-4096 loss <= 1.1x" if col == "32k" else "")
-                     + f": {ok} (best: {best_m}, passkey {best['passkey']:.2f}{extra}).")
+        lines.append(f"{what}: {ok} (best: {best_m}, passkey {best['passkey']:.2f}{extra}).")
     return lines
 
 

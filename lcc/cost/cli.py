@@ -14,6 +14,7 @@ from typing import Optional
 import typer
 
 from lcc.errors import UsageError
+from lcc.quality.rank import check_quality
 from lcc.ui import human_bytes, human_count, human_seconds, optional, out, status, table
 
 _UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4,
@@ -36,12 +37,6 @@ def _profile(device: str):
     from lcc.cost.hardware import load_profile
 
     return load_profile(device)
-
-
-def _check_quality(quality: str) -> str:
-    from lcc.quality.rank import check_quality
-
-    return check_quality(quality)
 
 
 def _check_png(path: Optional[str]) -> None:
@@ -236,7 +231,7 @@ def plan(model: str = typer.Argument("smollm2-135m", help="preset, HF directory 
     n = parse_length(max_len if auto else target_len)
     dtype = parse_dtype(dtype) or "float32"
     budget = parse_memory(memory) if memory is not None else None
-    _check_quality(quality)
+    check_quality(quality)
     _check_png(plot)
     profile = _profile(_profile_name(profile_name, target, device))
     loaded, program = _program(model, dtype)
